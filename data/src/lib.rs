@@ -1,0 +1,1 @@
+//! ovkd-data

@@ -1,0 +1,12 @@
+//! One module per command group; each has a clap `*Command` and a `run`.
+
+pub mod info;
+
+use crate::device::DeviceSpec;
+
+/// What every command gets from the global flags.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The device named by `--device`, resolved lazily by commands that use tensors.
+    pub device: DeviceSpec,
+}

@@ -1,0 +1,97 @@
+//! `--device`: which Burn backend runs the tensors.
+
+use anyhow::{Result, bail};
+use burn::tensor::Device;
+
+/// A parsed `--device` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The best the binary offers: `tch-cuda:0`, then `tch-cpu`, then `cpu`.
+    Auto,
+    /// burn-flex, pure Rust, on the CPU.
+    Cpu,
+    /// LibTorch on the CPU (feature `tch`).
+    TchCpu,
+    /// LibTorch on CUDA device N (feature `tch`).
+    TchCuda(usize),
+}
+
+impl DeviceSpec {
+    /// Parses `auto`, `cpu`, `tch-cpu` or `tch-cuda[:N]`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let spec = match s {
+            "auto" => Self::Auto,
+            "cpu" | "flex" => Self::Cpu,
+            "tch-cpu" => Self::TchCpu,
+            "tch-cuda" => Self::TchCuda(0),
+            other => match other.strip_prefix("tch-cuda:") {
+                Some(n) => Self::TchCuda(n.parse().map_err(|_| {
+                    anyhow::anyhow!("--device {other}: `{n}` is not a CUDA device index")
+                })?),
+                None => bail!("--device {other}: expected one of auto, cpu, tch-cpu, tch-cuda:N"),
+            },
+        };
+        if !cfg!(feature = "tch") && matches!(spec, Self::TchCpu | Self::TchCuda(_)) {
+            bail!(
+                "--device {s} needs the LibTorch backend: rebuild with `--features tch` \
+                 (LIBTORCH_USE_PYTORCH=1 and a pip-installed PyTorch)"
+            );
+        }
+        Ok(spec)
+    }
+
+    /// Resolves `auto` and returns the concrete spec and its Burn device.
+    pub fn resolve(self) -> (Self, Device) {
+        match self {
+            Self::Auto => {
+                #[cfg(feature = "tch")]
+                {
+                    if burn_tch_cuda_available() {
+                        return Self::TchCuda(0).resolve();
+                    }
+                    return Self::TchCpu.resolve();
+                }
+                #[allow(unreachable_code)]
+                Self::Cpu.resolve()
+            }
+            Self::Cpu => (self, Device::flex()),
+            #[cfg(feature = "tch")]
+            Self::TchCpu => (self, Device::libtorch()),
+            #[cfg(feature = "tch")]
+            Self::TchCuda(n) => (self, Device::libtorch_cuda(n)),
+            #[cfg(not(feature = "tch"))]
+            Self::TchCpu | Self::TchCuda(_) => unreachable!("rejected by DeviceSpec::parse"),
+        }
+    }
+
+    /// The name users type, e.g. `tch-cuda:0`.
+    pub fn name(self) -> String {
+        match self {
+            Self::Auto => "auto".into(),
+            Self::Cpu => "cpu".into(),
+            Self::TchCpu => "tch-cpu".into(),
+            Self::TchCuda(n) => format!("tch-cuda:{n}"),
+        }
+    }
+}
+
+#[cfg(feature = "tch")]
+fn burn_tch_cuda_available() -> bool {
+    // Probing LibTorch through Burn would need a tch dependency; leave CUDA detection to the
+    // speed issue, which owns `--device auto`.
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_and_rejects_garbage() {
+        assert_eq!(DeviceSpec::parse("cpu").unwrap(), DeviceSpec::Cpu);
+        assert_eq!(DeviceSpec::parse("auto").unwrap(), DeviceSpec::Auto);
+        let err = DeviceSpec::parse("gpu").unwrap_err().to_string();
+        assert!(err.contains("expected one of"), "{err}");
+        assert!(DeviceSpec::parse("tch-cuda:x").is_err());
+    }
+}
