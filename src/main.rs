@@ -4,6 +4,7 @@
 //! directory. See the README for the two commands a newcomer runs first.
 
 mod cli;
+mod config;
 mod device;
 
 use anyhow::Result;

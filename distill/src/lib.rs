@@ -1,1 +1,3 @@
-//! ovkd-distill
+//! ovkd-distill: the distillation losses and the training loops that use them.
+
+pub mod train;

@@ -1,0 +1,6 @@
+//! Experiment configs: TOML files in `configs/` that inherit (`extends`), take `--set`
+//! overrides, and report bad keys with the file and line they came from.
+
+pub mod loader;
+
+pub use loader::{ConfigError, Invalid, Layered, Origin, Validate};
