@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// Print the version, the compiled backends and the device `--device` resolves to.
     Info,
+    /// The CLIP teacher: parity checks, tokenizer, pre-training, zero-shot eval, region cache.
+    Teacher(cli::teacher::TeacherCommand),
 }
 
 fn main() {
@@ -46,6 +48,7 @@ fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Info => cli::info::run(&ctx),
+        Command::Teacher(cmd) => cli::teacher::run(&ctx, cmd),
     }
 }
 
