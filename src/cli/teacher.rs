@@ -13,7 +13,7 @@ use ovkd_teacher::embed::Teacher;
 use ovkd_teacher::pretrain::{PretrainConfig, pretrain, zero_shot_eval};
 use ovkd_teacher::shapes::{image_path, load_rgb, read_coco};
 use ovkd_teacher::tokenizer::ClipTokenizer;
-use polars::prelude::*;
+use polars::prelude::{DataType, Float32Chunked, ParquetReader, SerReader};
 
 use super::Context;
 
@@ -171,9 +171,18 @@ fn parity(ctx: &Context, a: ParityArgs) -> Result<()> {
     println!("{:<28} {:<16} {:>12}", "tensor", "shape", "max_abs_diff");
     let mut worst = 0.0f32;
     for d in &diffs {
-        println!("{:<28} {:<16} {:>12.3e}", d.name, format!("{:?}", d.shape), d.max_abs_diff);
+        println!(
+            "{:<28} {:<16} {:>12.3e}",
+            d.name,
+            format!("{:?}", d.shape),
+            d.max_abs_diff
+        );
         if d.max_abs_diff.is_nan() || d.max_abs_diff > worst {
-            worst = if d.max_abs_diff.is_nan() { f32::INFINITY } else { d.max_abs_diff };
+            worst = if d.max_abs_diff.is_nan() {
+                f32::INFINITY
+            } else {
+                d.max_abs_diff
+            };
         }
     }
     if diffs.is_empty() {
@@ -194,7 +203,9 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
     let mut out = out.lock();
     for (i, line) in stdin.lock().lines().enumerate() {
         let line = line.with_context(|| format!("reading line {} of standard input", i + 1))?;
-        let ids = tok.encode(&line).with_context(|| format!("line {}", i + 1))?;
+        let ids = tok
+            .encode(&line)
+            .with_context(|| format!("line {}", i + 1))?;
         if a.json {
             all.push(ids);
         } else {
@@ -222,15 +233,21 @@ fn run_pretrain(ctx: &Context, a: PretrainArgs) -> Result<()> {
     }
     let bar = ProgressBar::new(cfg.steps as u64);
     bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps {per_sec} {msg}")
-            .expect("template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} steps {per_sec} {msg}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
     );
     let batch = cfg.batch_size;
     let t0 = Instant::now();
     let mut ema = f64::NAN;
     let report = pretrain(&a.data, &a.out, &cfg, &device, |step, loss| {
-        ema = if ema.is_nan() { loss } else { 0.95 * ema + 0.05 * loss };
+        ema = if ema.is_nan() {
+            loss
+        } else {
+            0.95 * ema + 0.05 * loss
+        };
         bar.set_position(step as u64);
         let pairs = (step * batch) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("loss {ema:.3}, {pairs:.0} pairs/s"));
@@ -256,14 +273,40 @@ fn eval(ctx: &Context, a: EvalArgs) -> Result<()> {
         .with_context(|| format!("loading {}", a.checkpoint.display()))?;
     let r = zero_shot_eval(&teacher, &a.data, &a.prompt)
         .with_context(|| format!("zero-shot eval on {}", a.data.display()))?;
-    println!("zero-shot top-1 on {} single-object crops of {}/val, prompt {:?}", r.crops, a.data.display(), a.prompt);
-    println!("{:<14} {:<6} {:>6} {:>8}", "class", "split", "crops", "top-1");
+    println!(
+        "zero-shot top-1 on {} single-object crops of {}/val, prompt {:?}",
+        r.crops,
+        a.data.display(),
+        a.prompt
+    );
+    println!(
+        "{:<14} {:<6} {:>6} {:>8}",
+        "class", "split", "crops", "top-1"
+    );
     for (name, split, n, acc) in &r.per_class {
         println!("{name:<14} {split:<6} {n:>6} {:>7.1}%", 100.0 * acc);
     }
-    println!("{:<14} {:<6} {:>6} {:>7.1}%", "all", "", r.crops, 100.0 * r.all);
-    println!("{:<14} {:<6} {:>6} {:>7.1}%", "base", "", "", 100.0 * r.base);
-    println!("{:<14} {:<6} {:>6} {:>7.1}%", "novel", "", "", 100.0 * r.novel);
+    println!(
+        "{:<14} {:<6} {:>6} {:>7.1}%",
+        "all",
+        "",
+        r.crops,
+        100.0 * r.all
+    );
+    println!(
+        "{:<14} {:<6} {:>6} {:>7.1}%",
+        "base",
+        "",
+        "",
+        100.0 * r.base
+    );
+    println!(
+        "{:<14} {:<6} {:>6} {:>7.1}%",
+        "novel",
+        "",
+        "",
+        100.0 * r.novel
+    );
     if let Some(out) = a.out {
         ovkd_teacher::io::write_atomic(&out, serde_json::to_string_pretty(&r)?.as_bytes())?;
     }
@@ -271,35 +314,53 @@ fn eval(ctx: &Context, a: EvalArgs) -> Result<()> {
 }
 
 /// Boxes per image id, best first, from a proposal file.
-fn read_proposals(path: &Path, top_k: usize) -> Result<std::collections::HashMap<i64, Vec<[f32; 4]>>> {
+fn read_proposals(
+    path: &Path,
+    top_k: usize,
+) -> Result<std::collections::HashMap<i64, Vec<[f32; 4]>>> {
     let mut rows: Vec<(i64, [f32; 4], f32)> = Vec::new();
     let is_json = path.extension().is_some_and(|e| e == "json");
     if is_json {
         let v: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
         )
         .with_context(|| format!("{}: not JSON", path.display()))?;
         let arr = v
             .as_array()
             .or_else(|| v.get("annotations").and_then(|a| a.as_array()))
-            .with_context(|| format!("{}: expected a list of {{image_id, bbox, score}}", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "{}: expected a list of {{image_id, bbox, score}}",
+                    path.display()
+                )
+            })?;
         for (i, r) in arr.iter().enumerate() {
             let id = r["image_id"]
                 .as_i64()
                 .with_context(|| format!("{}: record {i}: field `image_id`", path.display()))?;
             let b: Vec<f32> = r["bbox"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_f64().map(|x| x as f32)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_f64().map(|x| x as f32))
+                        .collect()
+                })
                 .unwrap_or_default();
             if b.len() != 4 {
-                bail!("{}: record {i}: field `bbox` must be [x, y, w, h]", path.display());
+                bail!(
+                    "{}: record {i}: field `bbox` must be [x, y, w, h]",
+                    path.display()
+                );
             }
             let score = r["score"].as_f64().unwrap_or(1.0) as f32;
             rows.push((id, [b[0], b[1], b[0] + b[2], b[1] + b[3]], score));
         }
     } else {
         let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let df = ParquetReader::new(f).finish().with_context(|| format!("{}: not Parquet", path.display()))?;
+        let df = ParquetReader::new(f)
+            .finish()
+            .with_context(|| format!("{}: not Parquet", path.display()))?;
         let col = |n: &str| -> Result<Float32Chunked> {
             Ok(df
                 .column(n)
@@ -314,11 +375,21 @@ fn read_proposals(path: &Path, top_k: usize) -> Result<std::collections::HashMap
             .cast(&DataType::Int64)?
             .i64()?
             .clone();
-        let (x1, y1, x2, y2, s) = (col("x1")?, col("y1")?, col("x2")?, col("y2")?, col("score")?);
+        let (x1, y1, x2, y2, s) = (
+            col("x1")?,
+            col("y1")?,
+            col("x2")?,
+            col("y2")?,
+            col("score")?,
+        );
         for i in 0..df.height() {
-            let g = |c: &Float32Chunked, n: &str| c.get(i).with_context(|| format!("{}: row {i}: `{n}` is null", path.display()));
+            let g = |c: &Float32Chunked, n: &str| {
+                c.get(i)
+                    .with_context(|| format!("{}: row {i}: `{n}` is null", path.display()))
+            };
             rows.push((
-                ids.get(i).with_context(|| format!("{}: row {i}: `image_id` is null", path.display()))?,
+                ids.get(i)
+                    .with_context(|| format!("{}: row {i}: `image_id` is null", path.display()))?,
                 [g(&x1, "x1")?, g(&y1, "y1")?, g(&x2, "x2")?, g(&y2, "y2")?],
                 g(&s, "score")?,
             ));
@@ -385,26 +456,47 @@ fn embed(ctx: &Context, a: EmbedArgs) -> Result<()> {
                 .annotations
                 .iter()
                 .filter(|x| x.image_id == img.id)
-                .map(|x| [x.bbox[0], x.bbox[1], x.bbox[0] + x.bbox[2], x.bbox[1] + x.bbox[3]])
+                .map(|x| {
+                    [
+                        x.bbox[0],
+                        x.bbox[1],
+                        x.bbox[0] + x.bbox[2],
+                        x.bbox[1] + x.bbox[3],
+                    ]
+                })
                 .collect(),
         };
         // Clip to the image; drop degenerate boxes (they carry no region to embed).
         let boxes: Vec<[f32; 4]> = boxes
             .into_iter()
-            .map(|b| [b[0].clamp(0.0, w), b[1].clamp(0.0, h), b[2].clamp(0.0, w), b[3].clamp(0.0, h)])
+            .map(|b| {
+                [
+                    b[0].clamp(0.0, w),
+                    b[1].clamp(0.0, h),
+                    b[2].clamp(0.0, w),
+                    b[3].clamp(0.0, h),
+                ]
+            })
             .filter(|b| b[2] - b[0] >= 1.0 && b[3] - b[1] >= 1.0)
             .collect();
         let e = teacher
             .region_embeds(&rgb, &boxes)
             .with_context(|| format!("image {} ({})", img.id, img.file_name))?;
-        let v = e.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let v = e
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         writer.add(img.id, &boxes, &v)?;
         regions += boxes.len();
         if (n + 1) % a.flush_every.max(1) == 0 {
             writer.flush()?;
         }
         bar.inc(1);
-        bar.set_message(format!("{:.1} regions/s", regions as f64 / t0.elapsed().as_secs_f64().max(1e-9)));
+        bar.set_message(format!(
+            "{:.1} regions/s",
+            regions as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+        ));
     }
     writer.flush()?;
     bar.finish();

@@ -41,7 +41,8 @@ impl ShardSpec {
 
     /// Parses `i/n`.
     pub fn parse(s: &str) -> Result<Self, TeacherError> {
-        let bad = || TeacherError::InvalidRequest(format!("--shard {s}: expected i/n with 0 <= i < n"));
+        let bad =
+            || TeacherError::InvalidRequest(format!("--shard {s}: expected i/n with 0 <= i < n"));
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let index: usize = i.trim().parse().map_err(|_| bad())?;
         let count: usize = n.trim().parse().map_err(|_| bad())?;
@@ -137,15 +138,27 @@ fn read_index(path: &Path) -> Result<Vec<IndexRow>, TeacherError> {
     let f = File::open(path).map_err(|e| TeacherError::io(path, e))?;
     let df = ParquetReader::new(f).finish().map_err(polars_err(path))?;
     let e = polars_err(path);
-    let ids = df.column("image_id").map_err(&e)?.i64().map_err(&e)?.clone();
+    let ids = df
+        .column("image_id")
+        .map_err(&e)?
+        .i64()
+        .map_err(&e)?
+        .clone();
     let f32col = |n: &str| -> Result<Float32Chunked, TeacherError> {
         Ok(df.column(n).map_err(&e)?.f32().map_err(&e)?.clone())
     };
     let (x1, y1, x2, y2) = (f32col("x1")?, f32col("y1")?, f32col("x2")?, f32col("y2")?);
     let shard = df.column("shard").map_err(&e)?.str().map_err(&e)?.clone();
     let offset = df.column("offset").map_err(&e)?.i64().map_err(&e)?.clone();
-    let checksum = df.column("checksum").map_err(&e)?.i64().map_err(&e)?.clone();
-    let null = |field: &str, i: usize| TeacherError::format(path, format!("row {i}: field `{field}` is null"));
+    let checksum = df
+        .column("checksum")
+        .map_err(&e)?
+        .i64()
+        .map_err(&e)?
+        .clone();
+    let null = |field: &str, i: usize| {
+        TeacherError::format(path, format!("row {i}: field `{field}` is null"))
+    };
     let mut out = Vec::with_capacity(df.height());
     for i in 0..df.height() {
         out.push(IndexRow {
@@ -197,7 +210,12 @@ impl CacheWriter {
     /// Opens (or creates) shard `shard` of the cache in `dir`, for D = `dim` vectors made by
     /// the checkpoint `checkpoint_hash`. Reopening a cache made by another checkpoint or size
     /// is an error. Cuts any unindexed tail off the shard file.
-    pub fn open(dir: &Path, dim: usize, checkpoint_hash: &str, shard: ShardSpec) -> Result<Self, TeacherError> {
+    pub fn open(
+        dir: &Path,
+        dim: usize,
+        checkpoint_hash: &str,
+        shard: ShardSpec,
+    ) -> Result<Self, TeacherError> {
         std::fs::create_dir_all(dir).map_err(|e| TeacherError::io(dir, e))?;
         let meta = CacheMeta {
             dim,
@@ -216,7 +234,12 @@ impl CacheWriter {
                 ));
             }
             Some(_) => {}
-            None => write_atomic(&meta_path(dir), serde_json::to_string_pretty(&meta).expect("json").as_bytes())?,
+            None => write_atomic(
+                &meta_path(dir),
+                serde_json::to_string_pretty(&meta)
+                    .expect("json")
+                    .as_bytes(),
+            )?,
         }
         let shard_name = format!("shard-{}.f16", shard.name());
         let data_path = dir.join(&shard_name);
@@ -239,7 +262,10 @@ impl CacheWriter {
             .open(&data_path)
             .map_err(|e| TeacherError::io(&data_path, e))?;
         let valid = rows_written as u64 * (dim * BYTES_PER_VALUE) as u64;
-        let len = data.metadata().map_err(|e| TeacherError::io(&data_path, e))?.len();
+        let len = data
+            .metadata()
+            .map_err(|e| TeacherError::io(&data_path, e))?
+            .len();
         if len < valid {
             return Err(TeacherError::format(
                 &data_path,
@@ -247,9 +273,11 @@ impl CacheWriter {
             ));
         }
         if len > valid {
-            data.set_len(valid).map_err(|e| TeacherError::io(&data_path, e))?;
+            data.set_len(valid)
+                .map_err(|e| TeacherError::io(&data_path, e))?;
         }
-        data.seek(SeekFrom::Start(valid)).map_err(|e| TeacherError::io(&data_path, e))?;
+        data.seek(SeekFrom::Start(valid))
+            .map_err(|e| TeacherError::io(&data_path, e))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             dim,
@@ -280,7 +308,12 @@ impl CacheWriter {
     }
 
     /// Queues one image's regions: `embeds` is [N, D] (f32, converted to f16 here).
-    pub fn add(&mut self, image_id: i64, boxes: &[[f32; 4]], embeds: &[f32]) -> Result<(), TeacherError> {
+    pub fn add(
+        &mut self,
+        image_id: i64,
+        boxes: &[[f32; 4]],
+        embeds: &[f32],
+    ) -> Result<(), TeacherError> {
         if embeds.len() != boxes.len() * self.dim {
             return Err(TeacherError::InvalidRequest(format!(
                 "image {image_id}: {} boxes but {} values (D = {})",
@@ -320,9 +353,15 @@ impl CacheWriter {
             }
             buf.extend_from_slice(bytes);
         }
-        self.data.write_all(&buf).map_err(|e| TeacherError::io(&self.data_path, e))?;
-        self.data.sync_data().map_err(|e| TeacherError::io(&self.data_path, e))?;
-        let part = self.parts_dir.join(format!("part-{:06}.parquet", self.next_part));
+        self.data
+            .write_all(&buf)
+            .map_err(|e| TeacherError::io(&self.data_path, e))?;
+        self.data
+            .sync_data()
+            .map_err(|e| TeacherError::io(&self.data_path, e))?;
+        let part = self
+            .parts_dir
+            .join(format!("part-{:06}.parquet", self.next_part));
         if !rows.is_empty() {
             write_index(&part, &rows)?;
             self.next_part += 1;
@@ -366,14 +405,19 @@ pub struct MergeReport {
 /// checking that each row's vector is in its shard file and matches its checksum, and that
 /// no image is stored twice.
 pub fn merge(dir: &Path) -> Result<MergeReport, TeacherError> {
-    let meta = read_meta(dir)?.ok_or_else(|| TeacherError::format(&meta_path(dir), "missing: not a cache"))?;
+    let meta = read_meta(dir)?
+        .ok_or_else(|| TeacherError::format(&meta_path(dir), "missing: not a cache"))?;
     let row_bytes = meta.dim * BYTES_PER_VALUE;
     let mut rows = Vec::new();
     let mut shards = 0;
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| TeacherError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("index-")))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("index-"))
+        })
         .collect();
     entries.sort();
     for parts_dir in entries {
@@ -392,7 +436,10 @@ pub fn merge(dir: &Path) -> Result<MergeReport, TeacherError> {
         {
             return Err(TeacherError::format(
                 dir,
-                format!("image {} is stored in both {prev} and {}", r.image_id, r.shard),
+                format!(
+                    "image {} is stored in both {prev} and {}",
+                    r.image_id, r.shard
+                ),
             ));
         }
         let path = dir.join(&r.shard);
@@ -403,18 +450,25 @@ pub fn merge(dir: &Path) -> Result<MergeReport, TeacherError> {
         }
         let f = &files[&r.shard];
         f.read_exact_at(&mut buf, r.offset as u64 * row_bytes as u64)
-            .map_err(|e| TeacherError::format(&path, format!("index row {i} (image {}): {e}", r.image_id)))?;
+            .map_err(|e| {
+                TeacherError::format(&path, format!("index row {i} (image {}): {e}", r.image_id))
+            })?;
         if row_checksum(&buf) != r.checksum {
             return Err(TeacherError::format(
                 &path,
-                format!("index row {i} (image {}, offset {}): checksum mismatch", r.image_id, r.offset),
+                format!(
+                    "index row {i} (image {}, offset {}): checksum mismatch",
+                    r.image_id, r.offset
+                ),
             ));
         }
     }
     rows.sort_by(|a, b| (a.image_id, &a.shard, a.offset).cmp(&(b.image_id, &b.shard, b.offset)));
     let out = dir.join("index.parquet");
     write_index(&out, &rows)?;
-    let index_bytes = std::fs::metadata(&out).map_err(|e| TeacherError::io(&out, e))?.len();
+    let index_bytes = std::fs::metadata(&out)
+        .map_err(|e| TeacherError::io(&out, e))?
+        .len();
     let regions = rows.len();
     Ok(MergeReport {
         images: owner.len(),
@@ -460,7 +514,8 @@ pub struct RegionBatch {
 impl CacheReader {
     /// Opens a merged cache (`index.parquet`) or, if not merged yet, all index parts.
     pub fn open(dir: &Path) -> Result<Self, TeacherError> {
-        let meta = read_meta(dir)?.ok_or_else(|| TeacherError::format(&meta_path(dir), "missing: not a cache"))?;
+        let meta = read_meta(dir)?
+            .ok_or_else(|| TeacherError::format(&meta_path(dir), "missing: not a cache"))?;
         let merged = dir.join("index.parquet");
         let rows = if merged.exists() {
             read_index(&merged)?
@@ -468,7 +523,10 @@ impl CacheReader {
             let mut rows = Vec::new();
             for e in std::fs::read_dir(dir).map_err(|e| TeacherError::io(dir, e))? {
                 let p = e.map_err(|e| TeacherError::io(dir, e))?.path();
-                if p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("index-")) {
+                if p.is_dir()
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("index-"))
+                {
                     for part in list_parts(&p)? {
                         rows.extend(read_index(&part)?);
                     }
@@ -500,7 +558,10 @@ impl CacheReader {
             if s.file != fid || s.start + s.count as u64 != r.offset as u64 {
                 return Err(TeacherError::format(
                     dir,
-                    format!("image {}: its regions are not contiguous in one shard", r.image_id),
+                    format!(
+                        "image {}: its regions are not contiguous in one shard",
+                        r.image_id
+                    ),
                 ));
             }
             s.count += 1;
@@ -539,7 +600,11 @@ impl CacheReader {
     pub fn read(&self, image_ids: &[i64]) -> Result<RegionBatch, TeacherError> {
         let row_bytes = self.dim * BYTES_PER_VALUE;
         let mut boxes = Vec::with_capacity(image_ids.len());
-        let total: usize = image_ids.iter().filter_map(|i| self.spans.get(i)).map(|s| s.count).sum();
+        let total: usize = image_ids
+            .iter()
+            .filter_map(|i| self.spans.get(i))
+            .map(|s| s.count)
+            .sum();
         let mut embeds = Vec::with_capacity(total * self.dim);
         let mut buf = Vec::new();
         for id in image_ids {
@@ -571,16 +636,23 @@ mod tests {
     use super::*;
 
     fn vecs(id: i64, n: usize, d: usize) -> Vec<f32> {
-        (0..n * d).map(|k| ((id * 31 + k as i64) % 97) as f32 / 97.0 - 0.5).collect()
+        (0..n * d)
+            .map(|k| ((id * 31 + k as i64) % 97) as f32 / 97.0 - 0.5)
+            .collect()
     }
 
     fn boxes(id: i64, n: usize) -> Vec<[f32; 4]> {
-        (0..n).map(|k| [id as f32, k as f32, id as f32 + 10.0, k as f32 + 5.0]).collect()
+        (0..n)
+            .map(|k| [id as f32, k as f32, id as f32 + 10.0, k as f32 + 5.0])
+            .collect()
     }
 
     #[test]
     fn shard_spec_parses() {
-        assert_eq!(ShardSpec::parse("1/3").unwrap(), ShardSpec { index: 1, count: 3 });
+        assert_eq!(
+            ShardSpec::parse("1/3").unwrap(),
+            ShardSpec { index: 1, count: 3 }
+        );
         assert!(ShardSpec::parse("3/3").is_err());
         assert!(ShardSpec::parse("x").is_err());
         assert!(ShardSpec::parse("0/0").is_err());
@@ -595,10 +667,12 @@ mod tests {
         // Shard 0/2, first process: images at even positions, killed after 2 flushed images
         // with a half-written flush (bytes in the shard file, no index part).
         {
-            let mut w = CacheWriter::open(dir.path(), d, "abc", ShardSpec { index: 0, count: 2 }).unwrap();
+            let mut w =
+                CacheWriter::open(dir.path(), d, "abc", ShardSpec { index: 0, count: 2 }).unwrap();
             for (pos, &id) in ids.iter().enumerate().filter(|(p, _)| p % 2 == 0).take(2) {
                 let _ = pos;
-                w.add(id, &boxes(id, n_of(id)), &vecs(id, n_of(id), d)).unwrap();
+                w.add(id, &boxes(id, n_of(id)), &vecs(id, n_of(id), d))
+                    .unwrap();
             }
             w.flush().unwrap();
             std::mem::forget(w); // a kill: no drop-time flush
@@ -608,25 +682,29 @@ mod tests {
         }
         // Resume: the finished images are skipped, the torn tail is cut.
         {
-            let mut w = CacheWriter::open(dir.path(), d, "abc", ShardSpec { index: 0, count: 2 }).unwrap();
+            let mut w =
+                CacheWriter::open(dir.path(), d, "abc", ShardSpec { index: 0, count: 2 }).unwrap();
             assert_eq!(w.done_count(), 2);
             let mut redone = 0;
             for (pos, &id) in ids.iter().enumerate() {
-                if !ShardSpec { index: 0, count: 2 }.owns(pos) || w.is_done(id) {
+                if !(ShardSpec { index: 0, count: 2 }).owns(pos) || w.is_done(id) {
                     continue;
                 }
                 redone += 1;
-                w.add(id, &boxes(id, n_of(id)), &vecs(id, n_of(id), d)).unwrap();
+                w.add(id, &boxes(id, n_of(id)), &vecs(id, n_of(id), d))
+                    .unwrap();
                 w.flush().unwrap();
             }
             assert_eq!(redone, 3);
         }
         // Another process, shard 1/2.
         {
-            let mut w = CacheWriter::open(dir.path(), d, "abc", ShardSpec { index: 1, count: 2 }).unwrap();
+            let mut w =
+                CacheWriter::open(dir.path(), d, "abc", ShardSpec { index: 1, count: 2 }).unwrap();
             for (pos, &id) in ids.iter().enumerate() {
-                if ShardSpec { index: 1, count: 2 }.owns(pos) {
-                    w.add(id, &boxes(id, n_of(id)), &vecs(id, n_of(id), d)).unwrap();
+                if (ShardSpec { index: 1, count: 2 }).owns(pos) {
+                    w.add(id, &boxes(id, n_of(id)), &vecs(id, n_of(id), d))
+                        .unwrap();
                 }
             }
         }

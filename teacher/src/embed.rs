@@ -54,7 +54,11 @@ impl Teacher {
             dir.to_path_buf()
         };
         let checkpoint_hash = file_sha256(&weights)?;
-        let tok_dir = if dir.is_dir() { dir.to_path_buf() } else { dir.parent().map(Path::to_path_buf).unwrap_or_default() };
+        let tok_dir = if dir.is_dir() {
+            dir.to_path_buf()
+        } else {
+            dir.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
         let tokenizer = ClipTokenizer::from_file(
             &tok_dir.join("tokenizer.json"),
             model.config.text_config.max_position_embeddings,
@@ -63,7 +67,12 @@ impl Teacher {
     }
 
     /// Wraps an in-memory model.
-    pub fn new(model: ClipModel, tokenizer: ClipTokenizer, checkpoint_hash: String, device: &Device) -> Self {
+    pub fn new(
+        model: ClipModel,
+        tokenizer: ClipTokenizer,
+        checkpoint_hash: String,
+        device: &Device,
+    ) -> Self {
         let preprocess = PreprocessConfig::clip(model.config.vision_config.image_size);
         Self {
             model,
@@ -96,14 +105,20 @@ impl Teacher {
     /// One embedding per class from a prompt ensemble: every (name, template) pair embedded
     /// and normalised, averaged over the class's names and templates, renormalised: [K, D].
     /// `{}` in a template is replaced by the name.
-    pub fn class_embeds(&self, classes: &[Vec<String>], templates: &[String]) -> Result<Tensor<2>, TeacherError> {
+    pub fn class_embeds(
+        &self,
+        classes: &[Vec<String>],
+        templates: &[String],
+    ) -> Result<Tensor<2>, TeacherError> {
         if templates.is_empty() {
             return Err(TeacherError::InvalidRequest("no prompt templates".into()));
         }
         let mut rows = Vec::with_capacity(classes.len());
         for (k, names) in classes.iter().enumerate() {
             if names.is_empty() {
-                return Err(TeacherError::InvalidRequest(format!("class {k} has no name")));
+                return Err(TeacherError::InvalidRequest(format!(
+                    "class {k} has no name"
+                )));
             }
             let texts: Vec<String> = names
                 .iter()
@@ -130,7 +145,10 @@ impl Teacher {
         if path.exists() {
             let mut map = WeightMap::from_safetensors(&path)?;
             let t = map.take("class_embeds", &[classes.len(), self.dim()])?;
-            return Ok(Tensor::from_data(TensorData::new(t.data, t.shape), &self.device));
+            return Ok(Tensor::from_data(
+                TensorData::new(t.data, t.shape),
+                &self.device,
+            ));
         }
         let e = self.class_embeds(classes, templates)?;
         let mut map = WeightMap::new(&path);
@@ -146,7 +164,12 @@ impl Teacher {
     }
 
     /// Where [`Self::class_embeds_cached`] keeps a vocabulary's embeddings.
-    pub fn text_cache_path(&self, classes: &[Vec<String>], templates: &[String], cache_dir: &Path) -> PathBuf {
+    pub fn text_cache_path(
+        &self,
+        classes: &[Vec<String>],
+        templates: &[String],
+        cache_dir: &Path,
+    ) -> PathBuf {
         let mut h = Sha256::new();
         h.update(self.checkpoint_hash.as_bytes());
         for t in templates {
@@ -173,7 +196,8 @@ impl Teacher {
         for start in (0..n).step_by(self.max_batch.max(1)) {
             let end = (start + self.max_batch.max(1)).min(n);
             let data = crops[start * per..end * per].to_vec();
-            let x = Tensor::<4>::from_data(TensorData::new(data, [end - start, 3, s, s]), &self.device);
+            let x =
+                Tensor::<4>::from_data(TensorData::new(data, [end - start, 3, s, s]), &self.device);
             parts.push(self.model.image_embeds(x));
         }
         if parts.is_empty() {
@@ -184,9 +208,14 @@ impl Teacher {
 
     /// The two crops (1x and 1.5x about the centre, clipped) of each box, preprocessed: host
     /// [2N, 3, S, S], box i's crops at 2i and 2i + 1. Checks every box first.
-    pub fn region_crops(&self, img: &RgbImage, boxes: &[[f32; 4]]) -> Result<Vec<f32>, TeacherError> {
+    pub fn region_crops(
+        &self,
+        img: &RgbImage,
+        boxes: &[[f32; 4]],
+    ) -> Result<Vec<f32>, TeacherError> {
         for (i, b) in boxes.iter().enumerate() {
-            check_box(img, *b).map_err(|e| TeacherError::InvalidRequest(format!("box {i}: {e}")))?;
+            check_box(img, *b)
+                .map_err(|e| TeacherError::InvalidRequest(format!("box {i}: {e}")))?;
         }
         let mut out = Vec::with_capacity(boxes.len() * 2 * 3 * self.preprocess.size.pow(2));
         for b in boxes {
@@ -199,7 +228,11 @@ impl Teacher {
 
     /// ViLD region embeddings: each box's 1x and 1.5x crops encoded, the two normalised
     /// embeddings summed and renormalised: [N, D].
-    pub fn region_embeds(&self, img: &RgbImage, boxes: &[[f32; 4]]) -> Result<Tensor<2>, TeacherError> {
+    pub fn region_embeds(
+        &self,
+        img: &RgbImage,
+        boxes: &[[f32; 4]],
+    ) -> Result<Tensor<2>, TeacherError> {
         let crops = self.region_crops(img, boxes)?;
         Ok(self.pair_sum(self.embed_pixels(&crops, 2 * boxes.len())))
     }
@@ -220,9 +253,14 @@ impl Teacher {
         let t = self.model.vision_model.forward_dense(pixels);
         let [b, n, wv] = t.values.dims();
         let [gh, gw] = t.grid;
-        let proj = self.model.visual_projection.forward(t.values.reshape([b * n, wv]));
+        let proj = self
+            .model
+            .visual_projection
+            .forward(t.values.reshape([b * n, wv]));
         let d = proj.dims()[1];
-        let embeds = l2_normalize(proj).reshape([b, gh, gw, d]).permute([0, 3, 1, 2]);
+        let embeds = l2_normalize(proj)
+            .reshape([b, gh, gw, d])
+            .permute([0, 3, 1, 2]);
         let keys = t.keys.reshape([b, gh, gw, wv]).permute([0, 3, 1, 2]);
         (embeds, keys)
     }

@@ -79,6 +79,6 @@ impl TeacherError {
 pub(crate) fn to_vec<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>, TeacherError> {
     t.into_data()
         .convert::<f32>()
-        .to_vec::<f32>()
+        .try_into_vec::<f32>()
         .map_err(|e| TeacherError::TensorRead(format!("{e:?}")))
 }

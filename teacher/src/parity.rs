@@ -39,7 +39,10 @@ pub fn run_parity(
     if pix.shape.len() != 4 {
         return Err(TeacherError::format(
             inputs,
-            format!("`pixel_values` has shape {:?}, expected [B, C, H, W]", pix.shape),
+            format!(
+                "`pixel_values` has shape {:?}, expected [B, C, H, W]",
+                pix.shape
+            ),
         ));
     }
     let (id_shape, ids) = read_int_tensor(inputs, "input_ids")?;
@@ -49,7 +52,8 @@ pub fn run_parity(
             format!("`input_ids` has shape {id_shape:?}, expected [B, L]"),
         ));
     }
-    let pixels = Tensor::<4>::from_data(TensorData::new(pix.data.clone(), pix.shape.clone()), device);
+    let pixels =
+        Tensor::<4>::from_data(TensorData::new(pix.data.clone(), pix.shape.clone()), device);
     let out = model.forward(pixels, &ids, id_shape[0], id_shape[1]);
     let exp = WeightMap::from_safetensors(expected)?;
     let mut diffs = Vec::new();
@@ -76,7 +80,10 @@ pub fn run_parity(
         if shape != want.shape {
             return Err(TeacherError::format(
                 expected,
-                format!("tensor `{name}` has shape {:?}, the model gives {shape:?}", want.shape),
+                format!(
+                    "tensor `{name}` has shape {:?}, the model gives {shape:?}",
+                    want.shape
+                ),
             ));
         }
         let max_abs_diff = got

@@ -135,10 +135,14 @@ pub fn check_box(img: &RgbImage, b: [f32; 4]) -> Result<(), TeacherError> {
         return Err(TeacherError::InvalidRequest("empty image".into()));
     }
     if b.iter().any(|v| !v.is_finite()) {
-        return Err(TeacherError::InvalidRequest(format!("box {b:?} is not finite")));
+        return Err(TeacherError::InvalidRequest(format!(
+            "box {b:?} is not finite"
+        )));
     }
     if b[2] <= b[0] || b[3] <= b[1] {
-        return Err(TeacherError::InvalidRequest(format!("box {b:?} has zero area")));
+        return Err(TeacherError::InvalidRequest(format!(
+            "box {b:?} has zero area"
+        )));
     }
     if b[0] < -0.5 || b[1] < -0.5 || b[2] > w + 0.5 || b[3] > h + 0.5 {
         return Err(TeacherError::InvalidRequest(format!(
@@ -201,7 +205,11 @@ fn coeffs(in_size: usize, out_size: usize) -> (Vec<(usize, usize)>, Vec<i32>, us
         for (x, wx) in w.iter().enumerate() {
             let v = if ww != 0.0 { wx / ww } else { *wx };
             let f = v * (1u64 << PRECISION_BITS) as f64;
-            kk[xx * ksize + x] = if v < 0.0 { (-0.5 + f) as i32 } else { (0.5 + f) as i32 };
+            kk[xx * ksize + x] = if v < 0.0 {
+                (-0.5 + f) as i32
+            } else {
+                (0.5 + f) as i32
+            };
         }
         bounds.push((xmin, n));
     }
@@ -247,7 +255,10 @@ pub fn pil_resize_bicubic(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
         }
         (t, rows)
     } else {
-        (src[y_first * in_w * 3..y_last * in_w * 3].to_vec(), y_last - y_first)
+        (
+            src[y_first * in_w * 3..y_last * in_w * 3].to_vec(),
+            y_last - y_first,
+        )
     };
     let _ = tmp_h;
     let out = if need_v {
@@ -277,14 +288,29 @@ mod tests {
     use super::*;
 
     fn gradient(w: u32, h: u32) -> RgbImage {
-        RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, ((x + y) * 3 % 256) as u8]))
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 5 % 256) as u8,
+                ((x + y) * 3 % 256) as u8,
+            ])
+        })
     }
 
     #[test]
     fn scale_box_about_centre_and_clip() {
-        assert_eq!(scale_box([10.0, 10.0, 20.0, 30.0], 1.5, 100, 100), [7.5, 5.0, 22.5, 35.0]);
-        assert_eq!(scale_box([0.0, 0.0, 20.0, 10.0], 1.5, 100, 100), [0.0, 0.0, 25.0, 12.5]);
-        assert_eq!(scale_box([90.0, 90.0, 100.0, 100.0], 1.5, 100, 100), [87.5, 87.5, 100.0, 100.0]);
+        assert_eq!(
+            scale_box([10.0, 10.0, 20.0, 30.0], 1.5, 100, 100),
+            [7.5, 5.0, 22.5, 35.0]
+        );
+        assert_eq!(
+            scale_box([0.0, 0.0, 20.0, 10.0], 1.5, 100, 100),
+            [0.0, 0.0, 25.0, 12.5]
+        );
+        assert_eq!(
+            scale_box([90.0, 90.0, 100.0, 100.0], 1.5, 100, 100),
+            [87.5, 87.5, 100.0, 100.0]
+        );
     }
 
     #[test]
@@ -301,8 +327,18 @@ mod tests {
     #[test]
     fn crop_samples_the_box_not_the_image() {
         // Left half black, right half white: a crop of the right half is all white.
-        let img = RgbImage::from_fn(20, 10, |x, _| if x < 10 { image::Rgb([0, 0, 0]) } else { image::Rgb([255, 255, 255]) });
-        let p = PreprocessConfig { size: 8, mean: [0.0; 3], std: [1.0; 3] };
+        let img = RgbImage::from_fn(20, 10, |x, _| {
+            if x < 10 {
+                image::Rgb([0, 0, 0])
+            } else {
+                image::Rgb([255, 255, 255])
+            }
+        });
+        let p = PreprocessConfig {
+            size: 8,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
         let v = p.crop(&img, [10.0, 0.0, 20.0, 10.0]).unwrap();
         assert!(v.iter().all(|&x| (x - 1.0).abs() < 1e-6), "{v:?}");
         let v = p.crop(&img, [0.0, 0.0, 10.0, 10.0]).unwrap();
@@ -321,12 +357,28 @@ mod tests {
 
     #[test]
     fn pil_resize_matches_pillow_exactly() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pil_bicubic.json");
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let bytes = |x: &serde_json::Value| -> Vec<u8> { x.as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect() };
-        let img = RgbImage::from_raw(v["width"].as_u64().unwrap() as u32, v["height"].as_u64().unwrap() as u32, bytes(&v["rgb"])).unwrap();
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pil_bicubic.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let bytes = |x: &serde_json::Value| -> Vec<u8> {
+            x.as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+                .collect()
+        };
+        let img = RgbImage::from_raw(
+            v["width"].as_u64().unwrap() as u32,
+            v["height"].as_u64().unwrap() as u32,
+            bytes(&v["rgb"]),
+        )
+        .unwrap();
         for case in v["cases"].as_array().unwrap() {
-            let (w, h) = (case["width"].as_u64().unwrap() as u32, case["height"].as_u64().unwrap() as u32);
+            let (w, h) = (
+                case["width"].as_u64().unwrap() as u32,
+                case["height"].as_u64().unwrap() as u32,
+            );
             let ours = pil_resize_bicubic(&img, w, h);
             assert_eq!(ours.as_raw(), &bytes(&case["rgb"]), "{w}x{h}");
         }

@@ -204,12 +204,19 @@ pub fn pretrain(
     let split = data.join("pretrain");
     let pairs: Vec<CaptionPair> = read_captions(&split)?;
     if pairs.is_empty() {
-        return Err(TeacherError::format(&split.join("captions.jsonl"), "no image-caption pairs"));
+        return Err(TeacherError::format(
+            &split.join("captions.jsonl"),
+            "no image-caption pairs",
+        ));
     }
     std::fs::create_dir_all(out).map_err(|e| TeacherError::io(out, e))?;
     // The vocabulary: every word of the captions, object phrases and the eval prompt.
     let mut texts: Vec<String> = pairs.iter().map(|p| p.caption.clone()).collect();
-    texts.extend(pairs.iter().flat_map(|p| p.objects.iter().filter_map(object_text)));
+    texts.extend(
+        pairs
+            .iter()
+            .flat_map(|p| p.objects.iter().filter_map(object_text)),
+    );
     texts.push("a photo of a .".into());
     if let Ok(vocab) = crate::shapes::read_vocab(&data.join("vocab.toml")) {
         for c in vocab {
@@ -259,7 +266,11 @@ pub fn pretrain(
     let limit = (cfg.max_seconds > 0).then(|| Duration::from_secs(cfg.max_seconds));
     let mut losses: Vec<f64> = Vec::new();
     let mut step = 0;
-    let save = |model: &ClipModel, step: usize, losses: &[f64], seconds: f64| -> Result<PretrainReport, TeacherError> {
+    let save = |model: &ClipModel,
+                step: usize,
+                losses: &[f64],
+                seconds: f64|
+     -> Result<PretrainReport, TeacherError> {
         let m = model.valid();
         m.save(out)?;
         let tail = &losses[losses.len().saturating_sub(50)..];
@@ -269,12 +280,17 @@ pub fn pretrain(
             final_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
             pairs: pairs.len(),
             objects: objects.len(),
-            logit_scale: to_vec(m.logit_scale.val().exp())?.first().copied().unwrap_or(0.0) as f64,
+            logit_scale: to_vec(m.logit_scale.val().exp())?
+                .first()
+                .copied()
+                .unwrap_or(0.0) as f64,
             config: cfg.clone(),
         };
         crate::io::write_atomic(
             &out.join("pretrain.json"),
-            serde_json::to_string_pretty(&report).expect("json").as_bytes(),
+            serde_json::to_string_pretty(&report)
+                .expect("json")
+                .as_bytes(),
         )?;
         Ok(report)
     };
@@ -313,7 +329,12 @@ pub fn pretrain(
         let pixels = Tensor::<4>::from_data(TensorData::new(px, [b, 3, s, s]), &ad);
         let img = l2_normalize(model.image_features(pixels));
         let txt = l2_normalize(model.text_features(&tb.ids, tb.batch, tb.len));
-        let scale = model.logit_scale.val().clamp(0.0, 100f64.ln()).exp().unsqueeze::<2>();
+        let scale = model
+            .logit_scale
+            .val()
+            .clamp(0.0, 100f64.ln())
+            .exp()
+            .unsqueeze::<2>();
         let logits = img.matmul(txt.transpose()) * scale; // [B, B]
         let mut target = vec![0.0f32; b * b];
         for i in 0..b {
@@ -323,12 +344,19 @@ pub fn pretrain(
             }
         }
         let target = Tensor::<2>::from_data(TensorData::new(target, [b, b]), &ad);
-        let l_i = (log_softmax(logits.clone(), 1) * target.clone()).sum().neg();
+        let l_i = (log_softmax(logits.clone(), 1) * target.clone())
+            .sum()
+            .neg();
         let l_t = (log_softmax(logits.transpose(), 1) * target).sum().neg();
         let loss = (l_i + l_t).div_scalar(2.0 * b as f64);
-        let lv = to_vec(loss.clone().detach())?.first().copied().unwrap_or(f32::NAN) as f64;
+        let lv = to_vec(loss.clone().detach())?
+            .first()
+            .copied()
+            .unwrap_or(f32::NAN) as f64;
         if !lv.is_finite() {
-            return Err(TeacherError::InvalidRequest(format!("loss became {lv} at step {step}")));
+            return Err(TeacherError::InvalidRequest(format!(
+                "loss became {lv} at step {step}"
+            )));
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let lr = lr_at(cfg, step);
@@ -356,10 +384,24 @@ fn lr_at(cfg: &PretrainConfig, step: usize) -> f64 {
 fn jitter(b: [f32; 4], img: &RgbImage, rng: &mut impl Rng) -> [f32; 4] {
     let (w, h) = (b[2] - b[0], b[3] - b[1]);
     let mut r = || rng.random_range(-0.15f32..0.15);
-    let nb = [b[0] + r() * w, b[1] + r() * h, b[2] + r() * w, b[3] + r() * h];
+    let nb = [
+        b[0] + r() * w,
+        b[1] + r() * h,
+        b[2] + r() * w,
+        b[3] + r() * h,
+    ];
     let (iw, ih) = (img.width() as f32, img.height() as f32);
-    let c = [nb[0].clamp(0.0, iw - 1.0), nb[1].clamp(0.0, ih - 1.0), nb[2].clamp(1.0, iw), nb[3].clamp(1.0, ih)];
-    if c[2] - c[0] < 1.0 || c[3] - c[1] < 1.0 { b } else { c }
+    let c = [
+        nb[0].clamp(0.0, iw - 1.0),
+        nb[1].clamp(0.0, ih - 1.0),
+        nb[2].clamp(1.0, iw),
+        nb[3].clamp(1.0, ih),
+    ];
+    if c[2] - c[0] < 1.0 || c[3] - c[1] < 1.0 {
+        b
+    } else {
+        c
+    }
 }
 
 /// Zero-shot top-1 accuracy of single-object crops.
@@ -389,7 +431,8 @@ pub fn zero_shot_eval(
     let text = teacher.class_embeds(&classes, &[prompt.to_string()])?; // [K, D]
     let split_dir: PathBuf = data.join("val");
     let coco = crate::shapes::read_coco(&split_dir.join("instances.json"))?;
-    let mut by_image: std::collections::BTreeMap<i64, Vec<&crate::shapes::CocoAnnotation>> = Default::default();
+    let mut by_image: std::collections::BTreeMap<i64, Vec<&crate::shapes::CocoAnnotation>> =
+        Default::default();
     for a in coco.annotations.iter().filter(|a| a.iscrowd == 0) {
         by_image.entry(a.image_id).or_default().push(a);
     }
@@ -398,17 +441,31 @@ pub fn zero_shot_eval(
     let mut counts = vec![0usize; k];
     let class_index = |cat: i64| vocab.iter().position(|c| c.id == cat);
     for img in &coco.images {
-        let Some(anns) = by_image.get(&img.id) else { continue };
+        let Some(anns) = by_image.get(&img.id) else {
+            continue;
+        };
         let rgb = load_rgb(&crate::shapes::image_path(&split_dir, &img.file_name))?;
         let mut px = Vec::new();
         let mut labels = Vec::new();
         for a in anns {
-            let Some(ci) = class_index(a.category_id) else { continue };
-            let b = [a.bbox[0], a.bbox[1], a.bbox[0] + a.bbox[2], a.bbox[1] + a.bbox[3]];
+            let Some(ci) = class_index(a.category_id) else {
+                continue;
+            };
+            let b = [
+                a.bbox[0],
+                a.bbox[1],
+                a.bbox[0] + a.bbox[2],
+                a.bbox[1] + a.bbox[3],
+            ];
             if b[2] - b[0] < 1.0 || b[3] - b[1] < 1.0 {
                 continue;
             }
-            let b = [b[0].max(0.0), b[1].max(0.0), b[2].min(rgb.width() as f32), b[3].min(rgb.height() as f32)];
+            let b = [
+                b[0].max(0.0),
+                b[1].max(0.0),
+                b[2].min(rgb.width() as f32),
+                b[3].min(rgb.height() as f32),
+            ];
             px.extend(teacher.preprocess.crop(&rgb, b)?);
             labels.push(ci);
         }
@@ -445,7 +502,11 @@ pub fn zero_shot_eval(
                     v.name.clone(),
                     v.split.clone(),
                     counts[i],
-                    if counts[i] > 0 { hits[i] as f64 / counts[i] as f64 } else { f64::NAN },
+                    if counts[i] > 0 {
+                        hits[i] as f64 / counts[i] as f64
+                    } else {
+                        f64::NAN
+                    },
                 )
             })
             .collect(),

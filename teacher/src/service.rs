@@ -169,13 +169,22 @@ impl TeacherService {
 
     /// Submits the boxes of one image for ViLD region embeddings. A bad request (empty image,
     /// zero-area box, box outside the image) fails here, in the caller, with its own error.
-    pub fn submit_regions(&self, image: &RgbImage, boxes: &[[f32; 4]]) -> Result<Ticket<RegionEmbeds>, TeacherError> {
+    pub fn submit_regions(
+        &self,
+        image: &RgbImage,
+        boxes: &[[f32; 4]],
+    ) -> Result<Ticket<RegionEmbeds>, TeacherError> {
         let mut crops = Vec::with_capacity(boxes.len() * 2 * 3 * self.size * self.size);
         for (i, b) in boxes.iter().enumerate() {
             crate::preprocess::check_box(image, *b)
                 .map_err(|e| TeacherError::InvalidRequest(format!("box {i}: {e}")))?;
             crops.extend(self.preprocess.crop(image, *b)?);
-            let wide = crate::preprocess::scale_box(*b, crate::embed::VILD_CONTEXT, image.width(), image.height());
+            let wide = crate::preprocess::scale_box(
+                *b,
+                crate::embed::VILD_CONTEXT,
+                image.width(),
+                image.height(),
+            );
             crops.extend(self.preprocess.crop(image, wide)?);
         }
         let (reply, rx) = bounded(1);
@@ -189,12 +198,20 @@ impl TeacherService {
     }
 
     /// Region embeddings of one image's boxes: [N, D]; blocks until answered.
-    pub fn regions(&self, image: &RgbImage, boxes: &[[f32; 4]]) -> Result<RegionEmbeds, TeacherError> {
+    pub fn regions(
+        &self,
+        image: &RgbImage,
+        boxes: &[[f32; 4]],
+    ) -> Result<RegionEmbeds, TeacherError> {
         self.submit_regions(image, boxes)?.wait()
     }
 
     /// Dense MaskCLIP embeddings of a whole image resized to `size` (width, height).
-    pub fn dense(&self, image: Arc<RgbImage>, size: (u32, u32)) -> Result<DenseEmbeds, TeacherError> {
+    pub fn dense(
+        &self,
+        image: Arc<RgbImage>,
+        size: (u32, u32),
+    ) -> Result<DenseEmbeds, TeacherError> {
         if image.width() == 0 || image.height() == 0 {
             return Err(TeacherError::InvalidRequest("empty image".into()));
         }
@@ -226,7 +243,12 @@ impl Drop for TeacherService {
     }
 }
 
-fn worker_loop(teacher: Teacher, config: ServiceConfig, rx: Receiver<Job>, stats: Arc<Mutex<ServiceStats>>) {
+fn worker_loop(
+    teacher: Teacher,
+    config: ServiceConfig,
+    rx: Receiver<Job>,
+    stats: Arc<Mutex<ServiceStats>>,
+) {
     let max_batch = config.max_batch.max(1);
     let wait = Duration::from_millis(config.max_wait_ms);
     let mut pending: Option<Job> = None;
@@ -241,8 +263,14 @@ fn worker_loop(teacher: Teacher, config: ServiceConfig, rx: Receiver<Job>, stats
         match first {
             Job::Dense { image, size, reply } => {
                 let t0 = Instant::now();
-                let r = std::panic::catch_unwind(AssertUnwindSafe(|| dense_job(&teacher, &image, size)))
-                    .unwrap_or_else(|_| Err(TeacherError::InvalidRequest("the model failed on this image".into())));
+                let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    dense_job(&teacher, &image, size)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(TeacherError::InvalidRequest(
+                        "the model failed on this image".into(),
+                    ))
+                });
                 let mut s = stats.lock().expect("stats");
                 s.requests += 1;
                 s.batches += 1;
@@ -265,7 +293,9 @@ fn worker_loop(teacher: Teacher, config: ServiceConfig, rx: Receiver<Job>, stats
                             pending = Some(other);
                             break;
                         }
-                        Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                        Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                            break;
+                        }
                     }
                 }
                 run_crop_batch(&teacher, batch, total, &stats);
@@ -276,20 +306,26 @@ fn worker_loop(teacher: Teacher, config: ServiceConfig, rx: Receiver<Job>, stats
 
 type CropReply = (Vec<f32>, usize, Sender<Result<RegionEmbeds, TeacherError>>);
 
-fn run_crop_batch(teacher: &Teacher, batch: Vec<CropReply>, total: usize, stats: &Arc<Mutex<ServiceStats>>) {
+fn run_crop_batch(
+    teacher: &Teacher,
+    batch: Vec<CropReply>,
+    total: usize,
+    stats: &Arc<Mutex<ServiceStats>>,
+) {
     let t0 = Instant::now();
     let dim = teacher.dim();
     let mut all = Vec::with_capacity(batch.iter().map(|b| b.0.len()).sum());
     for (c, _, _) in &batch {
         all.extend_from_slice(c);
     }
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<Vec<f32>, TeacherError> {
-        if total == 0 {
-            return Ok(Vec::new());
-        }
-        let e = teacher.pair_sum(teacher.embed_pixels(&all, total));
-        to_vec(e)
-    }));
+    let result =
+        std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<Vec<f32>, TeacherError> {
+            if total == 0 {
+                return Ok(Vec::new());
+            }
+            let e = teacher.pair_sum(teacher.embed_pixels(&all, total));
+            to_vec(e)
+        }));
     let mut s = stats.lock().expect("stats");
     s.requests += batch.len() as u64;
     s.crops += total as u64;
@@ -318,13 +354,19 @@ fn run_crop_batch(teacher: &Teacher, batch: Vec<CropReply>, total: usize, stats:
             s.failed += batch.len() as u64;
             drop(s);
             for (_, _, reply) in batch {
-                let _ = reply.send(Err(TeacherError::InvalidRequest("the model failed on this batch".into())));
+                let _ = reply.send(Err(TeacherError::InvalidRequest(
+                    "the model failed on this batch".into(),
+                )));
             }
         }
     }
 }
 
-fn dense_job(teacher: &Teacher, image: &RgbImage, size: (u32, u32)) -> Result<DenseEmbeds, TeacherError> {
+fn dense_job(
+    teacher: &Teacher,
+    image: &RgbImage,
+    size: (u32, u32),
+) -> Result<DenseEmbeds, TeacherError> {
     let f = teacher.dense(image, size)?;
     let dims = f.embeds.dims();
     let data = to_vec::<3>(f.embeds)?;

@@ -33,7 +33,8 @@ struct VocabFile {
 /// Reads `DIR/vocab.toml`.
 pub fn read_vocab(path: &Path) -> Result<Vec<ClassEntry>, TeacherError> {
     let text = std::fs::read_to_string(path).map_err(|e| TeacherError::io(path, e))?;
-    let v: VocabFile = toml::from_str(&text).map_err(|e| TeacherError::format(path, e.to_string()))?;
+    let v: VocabFile =
+        toml::from_str(&text).map_err(|e| TeacherError::format(path, e.to_string()))?;
     if v.classes.is_empty() {
         return Err(TeacherError::format(path, "no [[class]] entries"));
     }
@@ -65,7 +66,8 @@ pub struct CaptionPair {
 }
 
 fn str_field(v: &serde_json::Value, keys: &[&str]) -> Option<String> {
-    keys.iter().find_map(|k| v.get(*k).and_then(|x| x.as_str()).map(String::from))
+    keys.iter()
+        .find_map(|k| v.get(*k).and_then(|x| x.as_str()).map(String::from))
 }
 
 fn parse_object(v: &serde_json::Value) -> CaptionObject {
@@ -75,7 +77,10 @@ fn parse_object(v: &serde_json::Value) -> CaptionObject {
         if a.len() != 4 {
             return None;
         }
-        let f: Vec<f32> = a.iter().filter_map(|x| x.as_f64().map(|x| x as f32)).collect();
+        let f: Vec<f32> = a
+            .iter()
+            .filter_map(|x| x.as_f64().map(|x| x as f32))
+            .collect();
         (f.len() == 4).then(|| [f[0], f[1], f[2], f[3]])
     };
     let bbox = arr("bbox")
@@ -98,7 +103,10 @@ pub fn read_captions(split_dir: &Path) -> Result<Vec<CaptionPair>, TeacherError>
     if let Ok(rd) = std::fs::read_dir(&images_dir) {
         for e in rd.flatten() {
             let p = e.path();
-            let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let digits: String = stem.chars().filter(|c| c.is_ascii_digit()).collect();
             if let Ok(id) = digits.parse::<i64>() {
                 by_id.insert(id, p);
@@ -112,16 +120,26 @@ pub fn read_captions(split_dir: &Path) -> Result<Vec<CaptionPair>, TeacherError>
         }
         let v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| TeacherError::format(&path, format!("line {}: {e}", i + 1)))?;
-        let image_id = v
-            .get("image_id")
-            .and_then(|x| x.as_i64())
-            .ok_or_else(|| TeacherError::format(&path, format!("line {}: field `image_id` missing or not an integer", i + 1)))?;
-        let caption = str_field(&v, &["caption"])
-            .ok_or_else(|| TeacherError::format(&path, format!("line {}: field `caption` missing", i + 1)))?;
+        let image_id = v.get("image_id").and_then(|x| x.as_i64()).ok_or_else(|| {
+            TeacherError::format(
+                &path,
+                format!("line {}: field `image_id` missing or not an integer", i + 1),
+            )
+        })?;
+        let caption = str_field(&v, &["caption"]).ok_or_else(|| {
+            TeacherError::format(&path, format!("line {}: field `caption` missing", i + 1))
+        })?;
         let file = match str_field(&v, &["file_name", "image"]) {
             Some(f) => images_dir.join(Path::new(&f).file_name().unwrap_or_default()),
             None => by_id.get(&image_id).cloned().ok_or_else(|| {
-                TeacherError::format(&path, format!("line {}: no image for image_id {image_id} in {}", i + 1, images_dir.display()))
+                TeacherError::format(
+                    &path,
+                    format!(
+                        "line {}: no image for image_id {image_id} in {}",
+                        i + 1,
+                        images_dir.display()
+                    ),
+                )
             })?,
         };
         let objects = v
@@ -181,7 +199,11 @@ pub fn read_coco(path: &Path) -> Result<CocoFile, TeacherError> {
 /// Resolves a COCO `file_name` inside a split directory (`SPLIT/images/NAME` or `SPLIT/NAME`).
 pub fn image_path(split_dir: &Path, file_name: &str) -> PathBuf {
     let a = split_dir.join("images").join(file_name);
-    if a.exists() { a } else { split_dir.join(file_name) }
+    if a.exists() {
+        a
+    } else {
+        split_dir.join(file_name)
+    }
 }
 
 /// Loads an image file as RGB.

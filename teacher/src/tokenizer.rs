@@ -57,7 +57,10 @@ impl ClipTokenizer {
             ));
         }
         if context_length < 2 {
-            return Err(TeacherError::format(path, "context length must be at least 2"));
+            return Err(TeacherError::format(
+                path,
+                "context length must be at least 2",
+            ));
         }
         Ok(Self {
             inner,
@@ -234,7 +237,10 @@ mod tests {
     fn word_level_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokenizer.json");
-        let texts = vec!["A red star left of a small blue ring.".to_string(), "two hearts".to_string()];
+        let texts = vec![
+            "A red star left of a small blue ring.".to_string(),
+            "two hearts".to_string(),
+        ];
         let v = build_word_level(&texts, &path).unwrap();
         let tok = ClipTokenizer::from_file(&path, 8).unwrap();
         assert_eq!(tok.sot() as i64, v.sot);
@@ -246,7 +252,9 @@ mod tests {
         assert_eq!(*ids.last().unwrap() as i64, v.eot);
         assert!(ids[1..4].iter().all(|&i| i != 0), "known words: {ids:?}");
         // Unknown word → <unk>; truncation keeps the end token.
-        let ids = tok.encode("a purple star of a blue ring ring ring").unwrap();
+        let ids = tok
+            .encode("a purple star of a blue ring ring ring")
+            .unwrap();
         assert_eq!(ids.len(), 8);
         assert_eq!(ids[2], 0);
         assert_eq!(*ids.last().unwrap() as i64, v.eot);

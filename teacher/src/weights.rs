@@ -89,7 +89,8 @@ impl WeightMap {
             let shape = view.shape().to_vec();
             match decode_float(view.dtype(), view.data()) {
                 Some(data) => {
-                    map.tensors.insert(name.to_string(), HostTensor { shape, data });
+                    map.tensors
+                        .insert(name.to_string(), HostTensor { shape, data });
                 }
                 None => {
                     // Keep a record so that it shows up as unused.
@@ -111,7 +112,13 @@ impl WeightMap {
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
             .tensors
             .iter()
-            .map(|(k, t)| (k.clone(), bytemuck::cast_slice(&t.data).to_vec(), t.shape.clone()))
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    bytemuck::cast_slice(&t.data).to_vec(),
+                    t.shape.clone(),
+                )
+            })
             .collect();
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
             .iter()
@@ -188,7 +195,10 @@ impl WeightMap {
             let n: usize = shape.iter().product();
             let tower_width = |name: &str| {
                 if name.starts_with("vision_model") {
-                    (c.vision_config.hidden_size, c.vision_config.num_hidden_layers)
+                    (
+                        c.vision_config.hidden_size,
+                        c.vision_config.num_hidden_layers,
+                    )
                 } else {
                     (c.text_config.hidden_size, c.text_config.num_hidden_layers)
                 }
@@ -360,11 +370,15 @@ pub fn openai_to_hf(src: &WeightMap) -> Result<WeightMap, TeacherError> {
         };
         let simple = |to: &str| Some(to.to_string());
         let mapped: Option<String> = match (tower, rest) {
-            ("vision_model", "class_embedding") => simple("vision_model.embeddings.class_embedding"),
+            ("vision_model", "class_embedding") => {
+                simple("vision_model.embeddings.class_embedding")
+            }
             ("vision_model", "positional_embedding") => {
                 simple("vision_model.embeddings.position_embedding.weight")
             }
-            ("vision_model", "conv1.weight") => simple("vision_model.embeddings.patch_embedding.weight"),
+            ("vision_model", "conv1.weight") => {
+                simple("vision_model.embeddings.patch_embedding.weight")
+            }
             ("vision_model", "ln_pre.weight") => simple("vision_model.pre_layrnorm.weight"),
             ("vision_model", "ln_pre.bias") => simple("vision_model.pre_layrnorm.bias"),
             ("vision_model", "ln_post.weight") => simple("vision_model.post_layernorm.weight"),
@@ -392,16 +406,26 @@ pub fn openai_to_hf(src: &WeightMap) -> Result<WeightMap, TeacherError> {
                     let p = format!("{tower}.encoder.layers.{idx}");
                     match field {
                         "attn.in_proj_weight" | "attn.in_proj_bias" => {
-                            let kind = if field.ends_with("weight") { "weight" } else { "bias" };
+                            let kind = if field.ends_with("weight") {
+                                "weight"
+                            } else {
+                                "bias"
+                            };
                             if t.shape.is_empty() || t.shape[0] % 3 != 0 {
                                 return Err(TeacherError::format(
                                     src.path(),
-                                    format!("tensor `{name}` has shape {:?}, expected [3W, ..]", t.shape),
+                                    format!(
+                                        "tensor `{name}` has shape {:?}, expected [3W, ..]",
+                                        t.shape
+                                    ),
                                 ));
                             }
                             let w = t.shape[0] / 3;
                             for (i, q) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
-                                out.insert(format!("{p}.self_attn.{q}.{kind}"), t.rows(i * w, (i + 1) * w));
+                                out.insert(
+                                    format!("{p}.self_attn.{q}.{kind}"),
+                                    t.rows(i * w, (i + 1) * w),
+                                );
                             }
                             continue;
                         }
@@ -464,7 +488,10 @@ pub fn load_checkpoint(
         let cfg = match config {
             Some(c) => c,
             None => file_config()?.ok_or_else(|| {
-                TeacherError::format(&cfg_file, "missing: a transformers checkpoint needs its config.json")
+                TeacherError::format(
+                    &cfg_file,
+                    "missing: a transformers checkpoint needs its config.json",
+                )
             })?,
         };
         Ok((cfg, raw))

@@ -9,15 +9,23 @@ use ovkd_teacher::preprocess::scale_box;
 use ovkd_teacher::weights::read_int_tensor;
 
 fn norms(v: &[f32], d: usize) -> Vec<f32> {
-    v.chunks(d).map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt()).collect()
+    v.chunks(d)
+        .map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt())
+        .collect()
 }
 
 #[test]
 fn prompt_ensemble_is_the_renormalised_mean() {
     let device = Device::flex();
     let (t, _dir) = tiny_teacher(&device);
-    let templates: Vec<String> = ["a photo of a {}.", "a small {}.", "the {}"].iter().map(|s| s.to_string()).collect();
-    let classes = vec![vec!["star".to_string()], vec!["red circle".to_string(), "ring".to_string()]];
+    let templates: Vec<String> = ["a photo of a {}.", "a small {}.", "the {}"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let classes = vec![
+        vec!["star".to_string()],
+        vec!["red circle".to_string(), "ring".to_string()],
+    ];
     let e = vec2(t.class_embeds(&classes, &templates).unwrap());
     let d = t.dim();
     assert!(norms(&e, d).iter().all(|n| (n - 1.0).abs() < 1e-5));
@@ -39,9 +47,18 @@ fn prompt_ensemble_is_the_renormalised_mean() {
     assert!(max_diff(&e[d..], &want) < 1e-5);
     // Cached: the second call reads the file and gives the same numbers.
     let cache = tempfile::tempdir().unwrap();
-    let a = vec2(t.class_embeds_cached(&classes, &templates, cache.path()).unwrap());
-    assert!(t.text_cache_path(&classes, &templates, cache.path()).exists());
-    let b = vec2(t.class_embeds_cached(&classes, &templates, cache.path()).unwrap());
+    let a = vec2(
+        t.class_embeds_cached(&classes, &templates, cache.path())
+            .unwrap(),
+    );
+    assert!(
+        t.text_cache_path(&classes, &templates, cache.path())
+            .exists()
+    );
+    let b = vec2(
+        t.class_embeds_cached(&classes, &templates, cache.path())
+            .unwrap(),
+    );
     assert_eq!(a, b);
     assert!(max_diff(&a, &e) < 1e-6);
     let other = vec![vec!["star".to_string()]];
@@ -55,7 +72,9 @@ fn prompt_ensemble_is_the_renormalised_mean() {
 fn region_embedding_sums_the_1x_and_1_5x_crops() {
     let device = Device::flex();
     let (t, _dir) = tiny_teacher(&device);
-    let img = image::RgbImage::from_fn(50, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, ((x * y) % 256) as u8]));
+    let img = image::RgbImage::from_fn(50, 40, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 6) as u8, ((x * y) % 256) as u8])
+    });
     let boxes = [[10.0, 8.0, 30.0, 20.0], [0.0, 0.0, 12.0, 40.0]];
     let got = vec2(t.region_embeds(&img, &boxes).unwrap());
     let d = t.dim();
@@ -79,7 +98,9 @@ fn region_embedding_sums_the_1x_and_1_5x_crops() {
 fn dense_features_at_any_size() {
     let device = Device::flex();
     let (t, _dir) = tiny_teacher(&device);
-    let img = image::RgbImage::from_fn(61, 45, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 90]));
+    let img = image::RgbImage::from_fn(61, 45, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
+    });
     let f = t.dense(&img, (48, 40)).unwrap();
     assert_eq!(f.embeds.dims(), [32, 5, 6]);
     assert_eq!(f.keys.dims(), [64, 5, 6]);
@@ -99,7 +120,8 @@ fn dense_features_at_any_size() {
 fn text_from_token_embeddings_equals_the_text_tower() {
     let device = Device::flex();
     let model = tiny_model(&device);
-    let (shape, ids) = read_int_tensor(&tiny_dir().join("inputs.safetensors"), "input_ids").unwrap();
+    let (shape, ids) =
+        read_int_tensor(&tiny_dir().join("inputs.safetensors"), "input_ids").unwrap();
     let (b, l) = (shape[0], shape[1]);
     let (t, _dir) = {
         let (mut t, d) = tiny_teacher(&device);
@@ -113,7 +135,8 @@ fn text_from_token_embeddings_equals_the_text_tower() {
     let want = vec2(t.model.text_embeds(&ids, b, l));
     assert!(max_diff(&got, &want) < 1e-6);
     // And both equal transformers' text_embeds.
-    let exp = ovkd_teacher::WeightMap::from_safetensors(&tiny_dir().join("expected.safetensors")).unwrap();
+    let exp = ovkd_teacher::WeightMap::from_safetensors(&tiny_dir().join("expected.safetensors"))
+        .unwrap();
     assert!(max_diff(&got, &exp.get("text_embeds").unwrap().data) < 1e-4);
 }
 
@@ -122,14 +145,23 @@ fn gradients_flow_into_token_embeddings_only() {
     let device = Device::flex();
     let (t, _dir) = tiny_teacher(&device);
     let ad = device.clone().autodiff();
-    let x = Tensor::<3>::random([2, 6, 48], burn::tensor::Distribution::Normal(0.0, 0.1), &ad).require_grad();
+    let x = Tensor::<3>::random(
+        [2, 6, 48],
+        burn::tensor::Distribution::Normal(0.0, 0.1),
+        &ad,
+    )
+    .require_grad();
     let target = l2_normalize(Tensor::<2>::ones([2, 32], &ad));
     let e = t.text_from_token_embeds(x.clone(), &[5, 3]);
     let loss = (e * target).sum();
     let grads = loss.backward();
     let g = x.grad(&grads).expect("a gradient for the token embeddings");
     assert_eq!(g.dims(), [2, 6, 48]);
-    let g = g.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+    let g = g
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
     // Row 1 pools at position 3: under the causal mask, positions 4 and 5 cannot matter.
     let row1 = &g[6 * 48..];
     assert!(row1[..4 * 48].iter().any(|v| v.abs() > 1e-7));
@@ -143,13 +175,19 @@ fn interpolated_positions_match_transformers() {
     // (bench/teacher_make_interp_fixture.py).
     let device = Device::flex();
     let model = tiny_model(&device);
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/interp_pos.safetensors");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/interp_pos.safetensors");
     let f = ovkd_teacher::WeightMap::from_safetensors(&path).unwrap();
     let pos = vec2(model.vision_model.positions(5, 6));
     assert!(max_diff(&pos, &f.get("positions").unwrap().data) < 1e-5);
     let px = f.get("pixel_values").unwrap();
     let x = Tensor::<4>::from_data(TensorData::new(px.data.clone(), px.shape.clone()), &device);
     let out = model.vision_model.forward(x);
-    let got = out.last_hidden_state.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+    let got = out
+        .last_hidden_state
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
     assert!(max_diff(&got, &f.get("last_hidden_state").unwrap().data) < 1e-4);
 }

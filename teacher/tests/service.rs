@@ -13,8 +13,14 @@ use ovkd_teacher::service::{ServiceConfig, TeacherService};
 fn many_callers_batches_and_isolated_errors() {
     let device = Device::flex();
     let (teacher, _dir) = tiny_teacher(&device);
-    let img = Arc::new(image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 50])));
-    let boxes = vec![[2.0, 3.0, 20.0, 25.0], [10.0, 0.0, 40.0, 30.0], [5.0, 5.0, 9.0, 9.0]];
+    let img = Arc::new(image::RgbImage::from_fn(40, 30, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 8) as u8, 50])
+    }));
+    let boxes = vec![
+        [2.0, 3.0, 20.0, 25.0],
+        [10.0, 0.0, 40.0, 30.0],
+        [5.0, 5.0, 9.0, 9.0],
+    ];
     let direct = vec2(teacher.region_embeds(&img, &boxes).unwrap());
     let svc = Arc::new(TeacherService::start(
         teacher,

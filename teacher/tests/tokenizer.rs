@@ -8,7 +8,8 @@ use ovkd_teacher::tokenizer::ClipTokenizer;
 fn clip_tokenizer_matches_transformers() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/clip_tokenizer");
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected_ids.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected_ids.json")).unwrap())
+            .unwrap();
     let ctx = expected["context_length"].as_u64().unwrap() as usize;
     let tok = ClipTokenizer::from_file(&dir.join("tokenizer.json"), ctx).unwrap();
     assert_eq!(tok.sot() as u64, expected["sot"].as_u64().unwrap());
@@ -26,7 +27,11 @@ fn clip_tokenizer_matches_transformers() {
     }
     assert!(truncated > 0, "the fixture should exercise truncation");
     // The padded batch pads with the end token and records where each text ends.
-    let texts: Vec<String> = cases.iter().take(2).map(|c| c["text"].as_str().unwrap().to_string()).collect();
+    let texts: Vec<String> = cases
+        .iter()
+        .take(2)
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .collect();
     let batch = tok.encode_batch(&texts).unwrap();
     assert_eq!(batch.ids.len(), 2 * ctx);
     assert_eq!(batch.ids[batch.eot[0]], tok.eot() as i64);

@@ -14,7 +14,10 @@ fn a_missing_tensor_is_named_with_its_shape() {
     let err = ClipModel::from_weights(&tiny_config(), &mut map, &Device::flex()).unwrap_err();
     assert!(matches!(err, TeacherError::MissingTensor { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains("vision_model.encoder.layers.1.mlp.fc2.weight"), "{msg}");
+    assert!(
+        msg.contains("vision_model.encoder.layers.1.mlp.fc2.weight"),
+        "{msg}"
+    );
     assert!(msg.contains("[64, 256]"), "{msg}");
 }
 
@@ -31,7 +34,10 @@ fn a_misshapen_tensor_is_named_with_both_shapes() {
     let err = ClipModel::from_weights(&tiny_config(), &mut map, &Device::flex()).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("text_projection.weight"), "{msg}");
-    assert!(msg.contains("[48, 32]") && msg.contains("[32, 48]"), "{msg}");
+    assert!(
+        msg.contains("[48, 32]") && msg.contains("[32, 48]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -45,7 +51,10 @@ fn unused_keys_are_reported() {
         },
     );
     ClipModel::from_weights(&tiny_config(), &mut map, &Device::flex()).unwrap();
-    assert_eq!(map.unused(), vec!["text_model.embeddings.position_ids".to_string()]);
+    assert_eq!(
+        map.unused(),
+        vec!["text_model.embeddings.position_ids".to_string()]
+    );
 }
 
 /// Builds an OpenAI-layout state dict from the transformers fixture: q/k/v concatenated into
@@ -55,7 +64,11 @@ fn to_openai(hf: &WeightMap) -> WeightMap {
     let cfg = tiny_config();
     let get = |k: &str| hf.get(k).unwrap().clone();
     for (tower, prefix, layers) in [
-        ("vision_model", "visual.", cfg.vision_config.num_hidden_layers),
+        (
+            "vision_model",
+            "visual.",
+            cfg.vision_config.num_hidden_layers,
+        ),
         ("text_model", "", cfg.text_config.num_hidden_layers),
     ] {
         for i in 0..layers {
@@ -69,7 +82,10 @@ fn to_openai(hf: &WeightMap) -> WeightMap {
                 let mut shape = parts[0].shape.clone();
                 shape[0] *= 3;
                 let data = parts.iter().flat_map(|p| p.data.clone()).collect();
-                out.insert(format!("{op}.attn.in_proj_{kind}"), HostTensor { shape, data });
+                out.insert(
+                    format!("{op}.attn.in_proj_{kind}"),
+                    HostTensor { shape, data },
+                );
                 for (h, o) in [
                     ("self_attn.out_proj", "attn.out_proj"),
                     ("layer_norm1", "ln_1"),
@@ -83,15 +99,33 @@ fn to_openai(hf: &WeightMap) -> WeightMap {
         }
     }
     let pairs = [
-        ("vision_model.embeddings.class_embedding", "visual.class_embedding"),
-        ("vision_model.embeddings.position_embedding.weight", "visual.positional_embedding"),
-        ("vision_model.embeddings.patch_embedding.weight", "visual.conv1.weight"),
+        (
+            "vision_model.embeddings.class_embedding",
+            "visual.class_embedding",
+        ),
+        (
+            "vision_model.embeddings.position_embedding.weight",
+            "visual.positional_embedding",
+        ),
+        (
+            "vision_model.embeddings.patch_embedding.weight",
+            "visual.conv1.weight",
+        ),
         ("vision_model.pre_layrnorm.weight", "visual.ln_pre.weight"),
         ("vision_model.pre_layrnorm.bias", "visual.ln_pre.bias"),
-        ("vision_model.post_layernorm.weight", "visual.ln_post.weight"),
+        (
+            "vision_model.post_layernorm.weight",
+            "visual.ln_post.weight",
+        ),
         ("vision_model.post_layernorm.bias", "visual.ln_post.bias"),
-        ("text_model.embeddings.token_embedding.weight", "token_embedding.weight"),
-        ("text_model.embeddings.position_embedding.weight", "positional_embedding"),
+        (
+            "text_model.embeddings.token_embedding.weight",
+            "token_embedding.weight",
+        ),
+        (
+            "text_model.embeddings.position_embedding.weight",
+            "positional_embedding",
+        ),
         ("text_model.final_layer_norm.weight", "ln_final.weight"),
         ("text_model.final_layer_norm.bias", "ln_final.bias"),
         ("logit_scale", "logit_scale"),
@@ -99,8 +133,14 @@ fn to_openai(hf: &WeightMap) -> WeightMap {
     for (h, o) in pairs {
         out.insert(o.into(), get(h));
     }
-    out.insert("visual.proj".into(), get("visual_projection.weight").transposed());
-    out.insert("text_projection".into(), get("text_projection.weight").transposed());
+    out.insert(
+        "visual.proj".into(),
+        get("visual_projection.weight").transposed(),
+    );
+    out.insert(
+        "text_projection".into(),
+        get("text_projection.weight").transposed(),
+    );
     out.insert(
         "attn_mask".into(),
         HostTensor {
@@ -115,9 +155,15 @@ fn to_openai(hf: &WeightMap) -> WeightMap {
 fn openai_layout_gives_identical_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let openai = to_openai(&tiny_weights());
-    openai.save_safetensors(&dir.path().join("model.safetensors")).unwrap();
+    openai
+        .save_safetensors(&dir.path().join("model.safetensors"))
+        .unwrap();
     // The tiny heads (16 wide) differ from OpenAI's 64, so the architecture comes from config.json.
-    std::fs::copy(tiny_dir().join("config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        tiny_dir().join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     let (cfg, mut map) = ovkd_teacher::load_checkpoint(dir.path(), None).unwrap();
     assert_eq!(cfg, tiny_config());
     let model = ClipModel::from_weights(&cfg, &mut map, &Device::flex()).unwrap();

@@ -38,7 +38,14 @@ impl ClipAttention {
             q_proj: load_linear(map, &format!("{prefix}.q_proj"), width, width, true, device)?,
             k_proj: load_linear(map, &format!("{prefix}.k_proj"), width, width, true, device)?,
             v_proj: load_linear(map, &format!("{prefix}.v_proj"), width, width, true, device)?,
-            out_proj: load_linear(map, &format!("{prefix}.out_proj"), width, width, true, device)?,
+            out_proj: load_linear(
+                map,
+                &format!("{prefix}.out_proj"),
+                width,
+                width,
+                true,
+                device,
+            )?,
             num_heads,
         })
     }
@@ -64,7 +71,10 @@ impl ClipAttention {
         let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale); // [B, H, L, L]
         if causal {
             let mask = causal_mask(l, &scores.device());
-            scores = scores.mask_fill(mask.unsqueeze::<4>().expand([b, h, l, l]), f32::NEG_INFINITY);
+            scores = scores.mask_fill(
+                mask.unsqueeze::<4>().expand([b, h, l, l]),
+                f32::NEG_INFINITY,
+            );
         }
         let attn = softmax(scores, 3);
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, l, w]);

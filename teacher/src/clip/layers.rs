@@ -47,7 +47,9 @@ pub fn load_linear(
     bias: bool,
     device: &Device,
 ) -> Result<Linear, TeacherError> {
-    let w = map.take(&format!("{prefix}.weight"), &[d_out, d_in])?.transposed();
+    let w = map
+        .take(&format!("{prefix}.weight"), &[d_out, d_in])?
+        .transposed();
     let bias = if bias {
         let b = map.take(&format!("{prefix}.bias"), &[d_out])?;
         Some(Param::from_tensor(to_device::<1>(b, device)))
@@ -62,7 +64,10 @@ pub fn load_linear(
 
 /// Writes a Burn `Linear` back as PyTorch's [out, in] `weight` (+ `bias`).
 pub fn save_linear(l: &Linear, map: &mut WeightMap, prefix: &str) -> Result<(), TeacherError> {
-    map.insert(format!("{prefix}.weight"), to_host(l.weight.val())?.transposed());
+    map.insert(
+        format!("{prefix}.weight"),
+        to_host(l.weight.val())?.transposed(),
+    );
     if let Some(b) = &l.bias {
         map.insert(format!("{prefix}.bias"), to_host(b.val())?);
     }
@@ -86,7 +91,11 @@ pub fn load_layer_norm(
 }
 
 /// Writes a LayerNorm's gamma/beta as `weight`/`bias`.
-pub fn save_layer_norm(ln: &LayerNorm, map: &mut WeightMap, prefix: &str) -> Result<(), TeacherError> {
+pub fn save_layer_norm(
+    ln: &LayerNorm,
+    map: &mut WeightMap,
+    prefix: &str,
+) -> Result<(), TeacherError> {
     map.insert(format!("{prefix}.weight"), to_host(ln.gamma.val())?);
     if let Some(b) = &ln.beta {
         map.insert(format!("{prefix}.bias"), to_host(b.val())?);
@@ -150,12 +159,44 @@ impl EncoderLayer {
         device: &Device,
     ) -> Result<Self, TeacherError> {
         Ok(Self {
-            layer_norm1: load_layer_norm(map, &format!("{prefix}.layer_norm1"), s.width, s.eps, device)?,
-            self_attn: ClipAttention::load(map, &format!("{prefix}.self_attn"), s.width, s.heads, device)?,
-            layer_norm2: load_layer_norm(map, &format!("{prefix}.layer_norm2"), s.width, s.eps, device)?,
+            layer_norm1: load_layer_norm(
+                map,
+                &format!("{prefix}.layer_norm1"),
+                s.width,
+                s.eps,
+                device,
+            )?,
+            self_attn: ClipAttention::load(
+                map,
+                &format!("{prefix}.self_attn"),
+                s.width,
+                s.heads,
+                device,
+            )?,
+            layer_norm2: load_layer_norm(
+                map,
+                &format!("{prefix}.layer_norm2"),
+                s.width,
+                s.eps,
+                device,
+            )?,
             mlp: ClipMlp {
-                fc1: load_linear(map, &format!("{prefix}.mlp.fc1"), s.width, s.intermediate, true, device)?,
-                fc2: load_linear(map, &format!("{prefix}.mlp.fc2"), s.intermediate, s.width, true, device)?,
+                fc1: load_linear(
+                    map,
+                    &format!("{prefix}.mlp.fc1"),
+                    s.width,
+                    s.intermediate,
+                    true,
+                    device,
+                )?,
+                fc2: load_linear(
+                    map,
+                    &format!("{prefix}.mlp.fc2"),
+                    s.intermediate,
+                    s.width,
+                    true,
+                    device,
+                )?,
                 act: s.act,
             },
         })

@@ -81,7 +81,11 @@ impl ClipModel {
     }
 
     /// Builds the model from transformers-named weights, taking what it uses from `map`.
-    pub fn from_weights(c: &ClipConfig, map: &mut WeightMap, device: &Device) -> Result<Self, TeacherError> {
+    pub fn from_weights(
+        c: &ClipConfig,
+        map: &mut WeightMap,
+        device: &Device,
+    ) -> Result<Self, TeacherError> {
         let vision_model = VisionTransformer::load(map, &c.vision_config, device)?;
         let text_model = TextTransformer::load(map, &c.text_config, device)?;
         let visual_projection = load_linear(
@@ -101,7 +105,10 @@ impl ClipModel {
             device,
         )?;
         let ls = map.take("logit_scale", &[])?;
-        let logit_scale = Param::from_tensor(Tensor::<1>::from_data(TensorData::new(ls.data, [1]), device));
+        let logit_scale = Param::from_tensor(Tensor::<1>::from_data(
+            TensorData::new(ls.data, [1]),
+            device,
+        ));
         Ok(Self {
             vision_model,
             text_model,
@@ -151,7 +158,8 @@ impl ClipModel {
     pub fn save(&self, dir: &Path) -> Result<(), TeacherError> {
         std::fs::create_dir_all(dir).map_err(|e| TeacherError::io(dir, e))?;
         crate::io::write_atomic(&dir.join("config.json"), self.config.to_json().as_bytes())?;
-        self.to_weights()?.save_safetensors(&dir.join("model.safetensors"))
+        self.to_weights()?
+            .save_safetensors(&dir.join("model.safetensors"))
     }
 
     /// Joint embedding size D.
@@ -161,7 +169,8 @@ impl ClipModel {
 
     /// Projected image features, not normalised: pixels [B, 3, H, W] → [B, D].
     pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<2> {
-        self.visual_projection.forward(self.vision_model.forward(pixels).pooled)
+        self.visual_projection
+            .forward(self.vision_model.forward(pixels).pooled)
     }
 
     /// L2-normalised image embeddings: [B, 3, H, W] → [B, D].

@@ -49,18 +49,38 @@ impl TextTransformer {
     }
 
     /// Loads `text_model.*` from transformers-named weights.
-    pub fn load(map: &mut WeightMap, c: &TextConfig, device: &Device) -> Result<Self, TeacherError> {
+    pub fn load(
+        map: &mut WeightMap,
+        c: &TextConfig,
+        device: &Device,
+    ) -> Result<Self, TeacherError> {
         let w = c.hidden_size;
         let p = "text_model";
-        let tok = map.take(&format!("{p}.embeddings.token_embedding.weight"), &[c.vocab_size, w])?;
+        let tok = map.take(
+            &format!("{p}.embeddings.token_embedding.weight"),
+            &[c.vocab_size, w],
+        )?;
         let pos = map.take(
             &format!("{p}.embeddings.position_embedding.weight"),
             &[c.max_position_embeddings, w],
         )?;
         let layers = (0..c.num_hidden_layers)
-            .map(|i| EncoderLayer::load(map, &format!("{p}.encoder.layers.{i}"), Self::shape(c), device))
+            .map(|i| {
+                EncoderLayer::load(
+                    map,
+                    &format!("{p}.encoder.layers.{i}"),
+                    Self::shape(c),
+                    device,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let fin = load_layer_norm(map, &format!("{p}.final_layer_norm"), w, c.layer_norm_eps, device)?;
+        let fin = load_layer_norm(
+            map,
+            &format!("{p}.final_layer_norm"),
+            w,
+            c.layer_norm_eps,
+            device,
+        )?;
         Ok(Self {
             token_embedding: Param::from_tensor(to_device::<2>(tok, device)),
             position_embedding: Param::from_tensor(to_device::<2>(pos, device)),
@@ -73,7 +93,10 @@ impl TextTransformer {
     /// Writes `text_model.*` back under transformers' names.
     pub fn save(&self, map: &mut WeightMap) -> Result<(), TeacherError> {
         let p = "text_model";
-        map.insert(format!("{p}.embeddings.token_embedding.weight"), to_host(self.token_embedding.val())?);
+        map.insert(
+            format!("{p}.embeddings.token_embedding.weight"),
+            to_host(self.token_embedding.val())?,
+        );
         map.insert(
             format!("{p}.embeddings.position_embedding.weight"),
             to_host(self.position_embedding.val())?,
@@ -81,7 +104,11 @@ impl TextTransformer {
         for (i, l) in self.layers.iter().enumerate() {
             l.save(map, &format!("{p}.encoder.layers.{i}"))?;
         }
-        save_layer_norm(&self.final_layer_norm, map, &format!("{p}.final_layer_norm"))
+        save_layer_norm(
+            &self.final_layer_norm,
+            map,
+            &format!("{p}.final_layer_norm"),
+        )
     }
 
     /// Context length L.
@@ -104,7 +131,9 @@ impl TextTransformer {
                     }
                     best
                 } else {
-                    row.iter().position(|&v| v == self.eos_token_id).unwrap_or(0)
+                    row.iter()
+                        .position(|&v| v == self.eos_token_id)
+                        .unwrap_or(0)
                 }
             })
             .collect()
@@ -148,13 +177,20 @@ impl TextTransformer {
 pub fn text_shapes(c: &TextConfig, out: &mut Vec<(String, Vec<usize>)>) {
     let w = c.hidden_size;
     let p = "text_model";
-    out.push((format!("{p}.embeddings.token_embedding.weight"), vec![c.vocab_size, w]));
+    out.push((
+        format!("{p}.embeddings.token_embedding.weight"),
+        vec![c.vocab_size, w],
+    ));
     out.push((
         format!("{p}.embeddings.position_embedding.weight"),
         vec![c.max_position_embeddings, w],
     ));
     for i in 0..c.num_hidden_layers {
-        super::layers::block_shapes(&format!("{p}.encoder.layers.{i}"), TextTransformer::shape(c), out);
+        super::layers::block_shapes(
+            &format!("{p}.encoder.layers.{i}"),
+            TextTransformer::shape(c),
+            out,
+        );
     }
     out.push((format!("{p}.final_layer_norm.weight"), vec![w]));
     out.push((format!("{p}.final_layer_norm.bias"), vec![w]));

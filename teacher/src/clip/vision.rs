@@ -66,7 +66,11 @@ impl VisionTransformer {
     }
 
     /// Loads `vision_model.*` from transformers-named weights.
-    pub fn load(map: &mut WeightMap, c: &VisionConfig, device: &Device) -> Result<Self, TeacherError> {
+    pub fn load(
+        map: &mut WeightMap,
+        c: &VisionConfig,
+        device: &Device,
+    ) -> Result<Self, TeacherError> {
         let w = c.hidden_size;
         let g = c.grid();
         let p = "vision_model";
@@ -75,12 +79,34 @@ impl VisionTransformer {
             &[w, c.num_channels, c.patch_size, c.patch_size],
         )?;
         let cls = map.take(&format!("{p}.embeddings.class_embedding"), &[w])?;
-        let pos = map.take(&format!("{p}.embeddings.position_embedding.weight"), &[1 + g * g, w])?;
-        let pre = load_layer_norm(map, &format!("{p}.pre_layrnorm"), w, c.layer_norm_eps, device)?;
+        let pos = map.take(
+            &format!("{p}.embeddings.position_embedding.weight"),
+            &[1 + g * g, w],
+        )?;
+        let pre = load_layer_norm(
+            map,
+            &format!("{p}.pre_layrnorm"),
+            w,
+            c.layer_norm_eps,
+            device,
+        )?;
         let layers = (0..c.num_hidden_layers)
-            .map(|i| EncoderLayer::load(map, &format!("{p}.encoder.layers.{i}"), Self::shape(c), device))
+            .map(|i| {
+                EncoderLayer::load(
+                    map,
+                    &format!("{p}.encoder.layers.{i}"),
+                    Self::shape(c),
+                    device,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let post = load_layer_norm(map, &format!("{p}.post_layernorm"), w, c.layer_norm_eps, device)?;
+        let post = load_layer_norm(
+            map,
+            &format!("{p}.post_layernorm"),
+            w,
+            c.layer_norm_eps,
+            device,
+        )?;
         Ok(Self {
             patch_embedding: Param::from_tensor(to_device::<4>(patch, device)),
             class_embedding: Param::from_tensor(to_device::<1>(cls, device)),
@@ -95,8 +121,14 @@ impl VisionTransformer {
     /// Writes `vision_model.*` back under transformers' names.
     pub fn save(&self, map: &mut WeightMap) -> Result<(), TeacherError> {
         let p = "vision_model";
-        map.insert(format!("{p}.embeddings.patch_embedding.weight"), to_host(self.patch_embedding.val())?);
-        map.insert(format!("{p}.embeddings.class_embedding"), to_host(self.class_embedding.val())?);
+        map.insert(
+            format!("{p}.embeddings.patch_embedding.weight"),
+            to_host(self.patch_embedding.val())?,
+        );
+        map.insert(
+            format!("{p}.embeddings.class_embedding"),
+            to_host(self.class_embedding.val())?,
+        );
         map.insert(
             format!("{p}.embeddings.position_embedding.weight"),
             to_host(self.position_embedding.val())?,
@@ -209,7 +241,10 @@ pub fn vision_shapes(c: &VisionConfig, out: &mut Vec<(String, Vec<usize>)>) {
         vec![w, c.num_channels, c.patch_size, c.patch_size],
     ));
     out.push((format!("{p}.embeddings.class_embedding"), vec![w]));
-    out.push((format!("{p}.embeddings.position_embedding.weight"), vec![1 + g * g, w]));
+    out.push((
+        format!("{p}.embeddings.position_embedding.weight"),
+        vec![1 + g * g, w],
+    ));
     for ln in ["pre_layrnorm", "post_layernorm"] {
         out.push((format!("{p}.{ln}.weight"), vec![w]));
         out.push((format!("{p}.{ln}.bias"), vec![w]));
