@@ -78,8 +78,8 @@ impl PretrainConfig {
     pub fn preset(name: &str) -> Result<Self, TeacherError> {
         let base = Self {
             preset: name.into(),
-            image_size: 40,
-            patch_size: 8,
+            image_size: 32,
+            patch_size: 4,
             vision_width: 96,
             vision_layers: 3,
             vision_heads: 4,
@@ -92,7 +92,7 @@ impl PretrainConfig {
             steps: 1500,
             max_seconds: 540,
             lr: 1e-3,
-            warmup: 50,
+            warmup: 100,
             weight_decay: 0.05,
             object_text_fraction: 0.5,
             min_crop: 0.7,
@@ -345,7 +345,7 @@ pub fn pretrain(
             )));
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let lr = lr_at(cfg, step, start.elapsed().as_secs_f64());
+        let lr = lr_at(cfg, step);
         model = optim.step(lr, model, grads);
         losses.push(lv);
         step += 1;
@@ -357,19 +357,12 @@ pub fn pretrain(
     save(&model, step, &losses, start.elapsed().as_secs_f64())
 }
 
-/// Linear warm-up then cosine decay to 0, over the steps or the time limit, whichever runs
-/// out first (so a run cut by its time limit still ends with a small learning rate).
-fn lr_at(cfg: &PretrainConfig, step: usize, elapsed: f64) -> f64 {
+/// Linear warm-up then cosine decay to 0.
+fn lr_at(cfg: &PretrainConfig, step: usize) -> f64 {
     if step < cfg.warmup {
         return cfg.lr * (step + 1) as f64 / cfg.warmup as f64;
     }
-    let by_steps = (step - cfg.warmup) as f64 / (cfg.steps - cfg.warmup).max(1) as f64;
-    let by_time = if cfg.max_seconds > 0 {
-        elapsed / cfg.max_seconds as f64
-    } else {
-        0.0
-    };
-    let t = by_steps.max(by_time);
+    let t = (step - cfg.warmup) as f64 / (cfg.steps - cfg.warmup).max(1) as f64;
     cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
 }
 
