@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// Print the version, the compiled backends and the device `--device` resolves to.
     Info,
+    /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
+    Eval(cli::eval::EvalCommand),
 }
 
 fn main() {
@@ -46,6 +48,7 @@ fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Info => cli::info::run(&ctx),
+        Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
     }
 }
 
