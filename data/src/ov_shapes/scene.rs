@@ -528,8 +528,12 @@ pub(crate) fn render(rng: &mut ChaCha8Rng, spec: &SceneSpec) -> Scene {
         }
     }
 
-    // Grain, then quantise.
-    let amp = uniform(rng, 0.0, spec.noise);
+    // Grain on half the images (the other half stays smooth, and small on disk), then quantise.
+    let amp = if rng.random_bool(0.5) {
+        uniform(rng, 0.3 * spec.noise, spec.noise)
+    } else {
+        0.0
+    };
     let mut rgb = vec![0u8; w * h * 3];
     for (px, out) in img.chunks_exact(3).zip(rgb.chunks_exact_mut(3)) {
         let g = if amp > 0.0 {
