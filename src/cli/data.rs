@@ -180,8 +180,14 @@ fn synth(a: SynthArgs) -> Result<()> {
             .context("setting up --threads")?;
     }
     let start = Instant::now();
-    let summary = ov_shapes::generate(&a.out, &cfg)
+    let total = cfg.train_images + cfg.val_images + cfg.pretrain_images;
+    let bar = indicatif::ProgressBar::new(total as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images ({eta} left)")
+            .expect("valid template"),
+    );
+    let summary = ov_shapes::generate_with_progress(&a.out, &cfg, &|_| bar.inc(1))
         .with_context(|| format!("generating OV-Shapes into {}", a.out.display()))?;
+    bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let m = &summary.meta;
     println!(

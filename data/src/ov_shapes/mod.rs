@@ -541,6 +541,10 @@ struct Generated {
     caption: CaptionRecord,
 }
 
+/// Called once per finished image with its split (`train`, `val`, `pretrain`), from worker
+/// threads; e.g. to advance a progress bar.
+pub type ProgressFn<'a> = &'a (dyn Fn(&str) + Sync);
+
 fn detection_split(
     dir: &Path,
     split: &str,
@@ -548,6 +552,7 @@ fn detection_split(
     cfg: &SynthConfig,
     shapes: &[Shape],
     novel: &[bool],
+    progress: ProgressFn,
 ) -> Result<Vec<Generated>> {
     let side = cfg.image_size as usize;
     let spec_base = SceneSpec {
@@ -593,6 +598,7 @@ fn detection_split(
                 .encode_png(crate::semantic::LabelDepth::Eight)
                 .map_err(|m| Error::Config(format!("{}: {m}", label_path.display())))?;
             io::write_atomic_unsynced(&label_path, &label_png)?;
+            progress(split);
             let objects = scene
                 .objects
                 .iter()
@@ -688,6 +694,15 @@ fn coco_for(
 /// so `out` is either the old data set or the complete new one. An existing `out` is replaced
 /// only if it is empty or an earlier OV-Shapes directory; anything else is an error.
 pub fn generate(out: impl AsRef<Path>, cfg: &SynthConfig) -> Result<SynthSummary> {
+    generate_with_progress(out, cfg, &|_| {})
+}
+
+/// [`generate`], calling `progress` after each image.
+pub fn generate_with_progress(
+    out: impl AsRef<Path>,
+    cfg: &SynthConfig,
+    progress: ProgressFn,
+) -> Result<SynthSummary> {
     let out = out.as_ref().to_path_buf();
     let shapes = cfg.shapes()?;
     let vocab = cfg.vocabulary()?;
@@ -718,7 +733,7 @@ pub fn generate(out: impl AsRef<Path>, cfg: &SynthConfig) -> Result<SynthSummary
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
     }
-    let result = generate_into(&tmp, cfg, &shapes, &vocab, &novel);
+    let result = generate_into(&tmp, cfg, &shapes, &vocab, &novel, progress);
     let meta = match result {
         Ok(m) => m,
         Err(e) => {
@@ -739,6 +754,7 @@ fn generate_into(
     shapes: &[Shape],
     vocab: &Vocabulary,
     novel: &[bool],
+    progress: ProgressFn,
 ) -> Result<SynthMeta> {
     for sub in [
         "train/images",
@@ -762,7 +778,7 @@ fn generate_into(
     let mut splits = BTreeMap::new();
     for (split, n) in [("train", cfg.train_images), ("val", cfg.val_images)] {
         let sdir = dir.join(split);
-        let generated = detection_split(&sdir, split, n, cfg, shapes, novel)?;
+        let generated = detection_split(&sdir, split, n, cfg, shapes, novel, progress)?;
         let objects: usize = generated.iter().map(|g| g.objects.len()).sum();
         let labelled = if split == "train" {
             let full = coco_for(&generated, &categories, |_| true);
@@ -819,6 +835,7 @@ fn generate_into(
             let id = i as u64 + 1;
             let name = file_name(id);
             write_png(&pdir.join("images").join(&name), &scene.rgb, side, side)?;
+            progress("pretrain");
             let objects = caption_objects(&scene.objects, shapes);
             let count = objects.len();
             Ok((
