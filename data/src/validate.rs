@@ -707,7 +707,9 @@ pub(crate) fn check_instances_value(
         file_name: Option<String>,
     }
     let mut image_ids: HashMap<u64, ImageInfo> = HashMap::new();
-    let mut image_files: Vec<(usize, Option<u64>, String, Option<(u64, u64)>)> = Vec::new();
+    // (record index, image id, file name, (width, height) from the record)
+    type ImageFile = (usize, Option<u64>, String, Option<(u64, u64)>);
+    let mut image_files: Vec<ImageFile> = Vec::new();
     for (i, v) in images.iter().enumerate() {
         let Some(obj) = v.as_object() else {
             c.push(

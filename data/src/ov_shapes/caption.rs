@@ -248,10 +248,10 @@ pub(crate) fn check_caption(
             }
             body = &body[..i];
         }
-        if objects.len() == 1 {
-            if let Some(p) = PLACES.iter().find(|p| body.ends_with(*p)) {
-                body = &body[..body.len() - p.len()];
-            }
+        if objects.len() == 1
+            && let Some(p) = PLACES.iter().find(|p| body.ends_with(*p))
+        {
+            body = &body[..body.len() - p.len()];
         }
     }
     if objects.is_empty() {
