@@ -75,11 +75,12 @@ impl DeviceSpec {
     }
 }
 
+/// Whether LibTorch sees a CUDA device (`torch.cuda.device_count() > 0`). A LibTorch without
+/// CUDA support, or a machine without a driver or GPU, answers 0.
 #[cfg(feature = "tch")]
 fn burn_tch_cuda_available() -> bool {
-    // Probing LibTorch through Burn would need a tch dependency; leave CUDA detection to the
-    // speed issue, which owns `--device auto`.
-    false
+    use burn::backend::{Backend, LibTorch};
+    <LibTorch as Backend>::device_count(0) > 0
 }
 
 #[cfg(test)]
@@ -93,5 +94,21 @@ mod tests {
         let err = DeviceSpec::parse("gpu").unwrap_err().to_string();
         assert!(err.contains("expected one of"), "{err}");
         assert!(DeviceSpec::parse("tch-cuda:x").is_err());
+    }
+
+    #[test]
+    fn auto_picks_cuda_then_tch_cpu_then_cpu() {
+        let (spec, _) = DeviceSpec::Auto.resolve();
+        #[cfg(feature = "tch")]
+        {
+            let want = if burn_tch_cuda_available() {
+                DeviceSpec::TchCuda(0)
+            } else {
+                DeviceSpec::TchCpu
+            };
+            assert_eq!(spec, want);
+        }
+        #[cfg(not(feature = "tch"))]
+        assert_eq!(spec, DeviceSpec::Cpu);
     }
 }

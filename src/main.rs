@@ -45,6 +45,7 @@ fn run(cli: Cli) -> Result<()> {
     let ctx = cli::Context {
         device: device::DeviceSpec::parse(&cli.device)?,
     };
+    tracing::info!("device: {}", ctx.device.resolve().0.name());
     match cli.command {
         Command::Info => cli::info::run(&ctx),
     }

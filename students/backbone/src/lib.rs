@@ -1,1 +1,2 @@
 //! ovkd-backbone
+pub mod ops;
