@@ -1,32 +1,15 @@
-//! `--device` for the bench: the same names as the `ovkd` binary's.
+//! `--device` for the bench: the `ovkd` binary's own parser and `auto` rule (`src/device.rs`,
+//! compiled in here), so a GPU session checks the exact code `ovkd --device auto` runs.
 
-use anyhow::{Result, bail};
+#[allow(dead_code)]
+#[path = "../../../src/device.rs"]
+mod spec;
+
+use anyhow::Result;
 use burn::tensor::Device;
 
-/// Parses `cpu`, `tch-cpu` or `tch-cuda[:N]` into its name and Burn device.
+/// Parses `auto`, `cpu`, `tch-cpu` or `tch-cuda[:N]`; returns the resolved name and device.
 pub fn parse(s: &str) -> Result<(String, Device)> {
-    let device = match s {
-        "cpu" | "flex" => Device::flex(),
-        #[cfg(feature = "tch")]
-        "tch-cpu" => Device::libtorch(),
-        #[cfg(feature = "tch")]
-        other if other.starts_with("tch-cuda") => {
-            let n = match other.strip_prefix("tch-cuda:") {
-                Some(n) => n
-                    .parse::<usize>()
-                    .map_err(|_| anyhow::anyhow!("--device {other}: bad CUDA index"))?,
-                None => 0,
-            };
-            Device::libtorch_cuda(n)
-        }
-        other => bail!(
-            "--device {other}: expected cpu{}",
-            if cfg!(feature = "tch") {
-                ", tch-cpu or tch-cuda:N"
-            } else {
-                " (tch-* needs --features tch)"
-            }
-        ),
-    };
-    Ok((s.to_string(), device))
+    let (spec, device) = spec::DeviceSpec::parse(s)?.resolve();
+    Ok((spec.name(), device))
 }

@@ -15,7 +15,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "ovkd-speed")]
 struct Cli {
-    /// `cpu` (burn-flex), `tch-cpu` or `tch-cuda:N` (built with `--features tch`).
+    /// `auto`, `cpu` (burn-flex), `tch-cpu` or `tch-cuda:N` (built with `--features tch`);
+    /// `auto` is the `ovkd` binary's rule: `tch-cuda:0`, else `tch-cpu`, else `cpu`.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Timed steps (after the warm-up).

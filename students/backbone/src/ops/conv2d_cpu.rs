@@ -127,37 +127,43 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     r
 }
 
-/// `dst[p·c + ch] = src[ch·hw + p]`: one image from CHW to HWC, in cache-sized tiles.
+/// `dst[p·c + ch] = src[ch·hw + p]`: one image from CHW to HWC.
 fn chw_to_hwc(src: &[f32], c: usize, hw: usize, dst: &mut [f32]) {
-    const T: usize = 32;
-    for c0 in (0..c).step_by(T) {
-        let c1 = (c0 + T).min(c);
-        for p0 in (0..hw).step_by(T) {
-            let p1 = (p0 + T).min(hw);
-            for p in p0..p1 {
-                let row = &mut dst[p * c..];
-                for ch in c0..c1 {
-                    row[ch] = src[ch * hw + p];
-                }
-            }
-        }
-    }
+    transpose(src, c, hw, None, dst);
 }
 
 /// `dst[ch·hw + p] = src[p·c + ch] (+ bias[ch])`: one image from HWC to CHW.
 fn hwc_to_chw(src: &[f32], c: usize, hw: usize, bias: Option<&[f32]>, dst: &mut [f32]) {
-    const T: usize = 32;
-    for c0 in (0..c).step_by(T) {
-        let c1 = (c0 + T).min(c);
-        for p0 in (0..hw).step_by(T) {
-            let p1 = (p0 + T).min(hw);
-            for ch in c0..c1 {
-                let b = bias.map_or(0.0, |b| b[ch]);
-                let row = &mut dst[ch * hw..];
-                for p in p0..p1 {
-                    row[p] = src[p * c + ch] + b;
+    transpose(src, hw, c, bias, dst);
+}
+
+/// `dst (cols × rows) = srcᵀ (+ bias per destination row)` for a row-major `src` (`rows ×
+/// cols`), in 8 × 8 blocks read into registers row by row and written out column by column.
+fn transpose(src: &[f32], rows: usize, cols: usize, bias: Option<&[f32]>, dst: &mut [f32]) {
+    const B: usize = 8;
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    let (rb, cb) = (rows / B * B, cols / B * B);
+    for r0 in (0..rb).step_by(B) {
+        for c0 in (0..cb).step_by(B) {
+            let mut blk = [[0.0f32; B]; B];
+            for (i, row) in blk.iter_mut().enumerate() {
+                row.copy_from_slice(&src[(r0 + i) * cols + c0..][..B]);
+            }
+            for j in 0..B {
+                let add = bias.map_or(0.0, |b| b[c0 + j]);
+                let out: &mut [f32; B] =
+                    (&mut dst[(c0 + j) * rows + r0..][..B]).try_into().unwrap();
+                for i in 0..B {
+                    out[i] = blk[i][j] + add;
                 }
             }
+        }
+    }
+    // The ragged right and bottom edges.
+    for r in 0..rows {
+        let cs = if r < rb { cb } else { 0 };
+        for c in cs..cols {
+            dst[c * rows + r] = src[r * cols + c] + bias.map_or(0.0, |b| b[c]);
         }
     }
 }
@@ -610,6 +616,21 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn transposes_ragged_shapes_with_bias() {
+        for (rows, cols) in [(1, 1), (3, 17), (8, 8), (19, 24), (40, 3)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let bias: Vec<f32> = (0..cols).map(|i| 1000.0 * i as f32).collect();
+            let mut dst = vec![0.0; rows * cols];
+            transpose(&src, rows, cols, Some(&bias), &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(dst[c * rows + r], src[r * cols + c] + bias[c]);
+                }
+            }
+        }
     }
 
     #[test]

@@ -262,9 +262,14 @@ mod tests {
     }
 
     /// Forward and input / weight / bias gradients of [`conv2d`] equal Burn's convolution
-    /// under autodiff.
+    /// under autodiff, on burn-flex (and on LibTorch's CPU with the `tch` feature).
     fn check(c: Case) {
-        let device = Device::flex().autodiff();
+        #[cfg(feature = "tch")]
+        check_on(&c, Device::libtorch().autodiff());
+        check_on(&c, Device::flex().autodiff());
+    }
+
+    fn check_on(c: &Case, device: Device) {
         device.seed(7);
         let groups = c.options.groups;
         let x0 = Tensor::<4>::random(c.x, Distribution::Normal(0.0, 1.0), &device);
@@ -287,6 +292,7 @@ mod tests {
             };
             let b = c.bias.then(|| b0.clone().require_grad());
             let y = if fast {
+                assert!(supports(&device));
                 conv2d(x.clone(), w.clone(), b.clone(), c.options.clone())
             } else {
                 burn::tensor::module::conv2d(x.clone(), w.clone(), b.clone(), c.options.clone())
