@@ -34,6 +34,10 @@ torch_lib="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(to
 export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # The same thread count on both sides: rayon (burn-flex), OpenMP/MKL (LibTorch and PyTorch).
 export RAYON_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
+# OpenMP threads that spin while waiting collapse (5-20x) when the cores are shared with other
+# work, as on the 2-core dev machine; passive waiting yields the core instead. It applies to
+# both sides that use OpenMP (PyTorch, and LibTorch for tch-*); set OMP_WAIT_POLICY to override.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
-echo "speed.sh: $(date -u +%FT%TZ) $(uname -n), load $(cut -d' ' -f1-3 /proc/loadavg), device $device, $threads threads" >&2
+echo "speed.sh: $(date -u +%FT%TZ) $(uname -n), load $(cut -d' ' -f1-3 /proc/loadavg), device $device, $threads threads, OMP_WAIT_POLICY=$OMP_WAIT_POLICY" >&2
 python3 bench/speed/run.py --device "$device" --out "$out" --bin "$bin" --threads "$threads" "${extra[@]}"
