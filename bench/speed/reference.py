@@ -66,6 +66,73 @@ def smallnet(args, device):
     return times
 
 
+def detector(args, device):
+    """torchvision's Faster R-CNN R50-FPN (weights=None), one training step on random images
+    with 4 random boxes each; the row ovkd's detector student is compared against."""
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    torch.manual_seed(0)
+    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=args.classes,
+                                    min_size=args.image, max_size=args.image).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-8, weight_decay=1e-2)
+    images = [torch.rand(3, args.image, args.image, device=device) for _ in range(args.batch)]
+    targets = []
+    for _ in range(args.batch):
+        xy = torch.rand(4, 2, device=device) * args.image * 0.7
+        wh = torch.rand(4, 2, device=device) * args.image * 0.25 + args.image * 0.05
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1),
+                        "labels": torch.randint(1, args.classes, (4,), device=device)})
+    return train_steps(args, device, lambda: sum(model(images, targets).values()), opt)
+
+
+def teacher(args, device):
+    """The CLIP ViT-B/32 image tower (transformers, random weights) embedding region crops:
+    inference only, `--dtype` float32 / bfloat16 / float16."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                           num_attention_heads=12, image_size=224, patch_size=32,
+                           projection_dim=512, hidden_act="quick_gelu")
+    model = CLIPVisionModelWithProjection(cfg).to(device, dtype).eval()
+    crops = torch.randn(args.batch, 3, 224, 224, device=device, dtype=dtype)
+    times = {"forward": [], "backward": [], "optim": [], "total": []}
+    with torch.inference_mode():
+        for step in range(args.warmup + args.steps):
+            t0 = time.perf_counter()
+            emb = model(pixel_values=crops).image_embeds
+            emb = emb / emb.norm(dim=-1, keepdim=True)
+            sync(device)
+            dt = (time.perf_counter() - t0) * 1e3
+            if step >= args.warmup:
+                for k, v in (("forward", dt), ("backward", 0.0), ("optim", 0.0), ("total", dt)):
+                    times[k].append(v)
+    return times
+
+
+def train_steps(args, device, loss_fn, opt):
+    times = {"forward": [], "backward": [], "optim": [], "total": []}
+    for step in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        loss = loss_fn()
+        sync(device)
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sync(device)
+        t2 = time.perf_counter()
+        opt.step()
+        sync(device)
+        t3 = time.perf_counter()
+        if step >= args.warmup:
+            times["forward"].append((t1 - t0) * 1e3)
+            times["backward"].append((t2 - t1) * 1e3)
+            times["optim"].append((t3 - t2) * 1e3)
+            times["total"].append((t3 - t0) * 1e3)
+    return times
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -76,11 +143,19 @@ def main():
     s = sub.add_parser("smallnet")
     s.add_argument("--image", type=int, default=128)
     s.add_argument("--batch", type=int, default=8)
+    d = sub.add_parser("detector")
+    d.add_argument("--image", type=int, default=512)
+    d.add_argument("--batch", type=int, default=2)
+    d.add_argument("--classes", type=int, default=91)
+    t = sub.add_parser("teacher")
+    t.add_argument("--batch", type=int, default=64, help="region crops per forward")
+    t.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     args = p.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    times = {"smallnet": smallnet}[args.workload](args, device)
+    times = {"smallnet": smallnet, "detector": detector, "teacher": teacher}[args.workload](
+        args, device)
     print(f"reference: torch {torch.__version__} on {device}, {torch.get_num_threads()} threads",
           file=sys.stderr)
     print(json.dumps({"device": str(device), "steps": args.steps, "times_ms": times}))
