@@ -30,6 +30,14 @@ struct Cli {
 enum Command {
     /// Print the version, the compiled backends and the device `--device` resolves to.
     Info,
+    /// Make, look at, count and check data: the OV-Shapes generator (`synth`), drawings
+    /// (`show`), counts (`stats`) and COCO/LVIS/vocabulary checks (`validate`).
+    #[command(subcommand)]
+    Data(cli::data::DataCommand),
+    /// The CLIP teacher: parity checks, tokenizer, pre-training, zero-shot eval, region cache.
+    Teacher(cli::teacher::TeacherCommand),
+    /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
+    Eval(cli::eval::EvalCommand),
 }
 
 fn main() {
@@ -48,6 +56,9 @@ fn run(cli: Cli) -> Result<()> {
     tracing::info!("device: {}", ctx.device.resolve().0.name());
     match cli.command {
         Command::Info => cli::info::run(&ctx),
+        Command::Data(cmd) => cli::data::run(&ctx, cmd),
+        Command::Teacher(cmd) => cli::teacher::run(&ctx, cmd),
+        Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
     }
 }
 
