@@ -41,18 +41,17 @@ impl DeviceSpec {
     }
 
     /// Resolves `auto` and returns the concrete spec and its Burn device.
+    #[allow(deprecated)] // `Device::libtorch*`: burn-tch is deprecated upstream, still ours
     pub fn resolve(self) -> (Self, Device) {
         match self {
             Self::Auto => {
-                #[cfg(feature = "tch")]
-                {
-                    if burn_tch_cuda_available() {
-                        return Self::TchCuda(0).resolve();
-                    }
-                    return Self::TchCpu.resolve();
+                if burn_tch_cuda_available() {
+                    Self::TchCuda(0).resolve()
+                } else if cfg!(feature = "tch") {
+                    Self::TchCpu.resolve()
+                } else {
+                    Self::Cpu.resolve()
                 }
-                #[allow(unreachable_code)]
-                Self::Cpu.resolve()
             }
             Self::Cpu => (self, Device::flex()),
             #[cfg(feature = "tch")]
@@ -75,12 +74,19 @@ impl DeviceSpec {
     }
 }
 
-/// Whether LibTorch sees a CUDA device (`torch.cuda.device_count() > 0`). A LibTorch without
-/// CUDA support, or a machine without a driver or GPU, answers 0.
+/// Whether LibTorch sees a CUDA device (`torch.cuda.device_count() > 0`; burn-tch's device type
+/// 0 is CUDA). A LibTorch without CUDA support, or a machine without a driver or GPU, answers 0.
 #[cfg(feature = "tch")]
-fn burn_tch_cuda_available() -> bool {
+#[allow(deprecated)] // burn-tch is deprecated upstream, but it is the backend that links LibTorch
+pub fn burn_tch_cuda_available() -> bool {
     use burn::backend::{Backend, LibTorch};
     <LibTorch as Backend>::device_count(0) > 0
+}
+
+/// Always `false`: a binary built without the `tch` feature has no LibTorch to ask.
+#[cfg(not(feature = "tch"))]
+pub fn burn_tch_cuda_available() -> bool {
+    false
 }
 
 #[cfg(test)]
@@ -109,6 +115,11 @@ mod tests {
             assert_eq!(spec, want);
         }
         #[cfg(not(feature = "tch"))]
-        assert_eq!(spec, DeviceSpec::Cpu);
+        {
+            assert!(!burn_tch_cuda_available());
+            assert_eq!(spec, DeviceSpec::Cpu);
+            let err = DeviceSpec::parse("tch-cuda:0").unwrap_err().to_string();
+            assert!(err.contains("--features tch"), "{err}");
+        }
     }
 }

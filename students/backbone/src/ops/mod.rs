@@ -9,9 +9,13 @@
 
 mod conv2d;
 pub mod conv2d_cpu;
+#[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod extension;
 mod kernels;
+// burn-tch is marked deprecated in Burn 0.22 (in favour of CubeCL backends), but it is the
+// backend that links LibTorch's cuDNN / oneDNN kernels, which is what `--device tch-*` is for.
 #[cfg(feature = "tch")]
+#[allow(deprecated)]
 mod libtorch;
 
 pub use conv2d::{Conv2d, Conv2dConfig};
