@@ -6,6 +6,7 @@
 mod cli;
 mod config;
 mod device;
+mod report;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ enum Command {
     Teacher(cli::teacher::TeacherCommand),
     /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
     Eval(cli::eval::EvalCommand),
+    /// Write an HTML (and Markdown) report of a run directory.
+    Report(cli::report::ReportArgs),
 }
 
 fn main() {
@@ -58,6 +61,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Data(cmd) => cli::data::run(&ctx, cmd),
         Command::Teacher(cmd) => cli::teacher::run(&ctx, cmd),
         Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
+        Command::Report(a) => cli::report::run(&ctx, a),
     }
 }
 
