@@ -3,6 +3,9 @@
 pub mod data;
 pub mod eval;
 pub mod info;
+pub mod pipeline;
+pub mod report;
+pub mod sweep;
 pub mod teacher;
 
 use crate::device::DeviceSpec;
