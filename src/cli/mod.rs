@@ -1,6 +1,8 @@
 //! One module per command group; each has a clap `*Command` and a `run`.
 
+pub mod data;
 pub mod info;
+pub mod teacher;
 
 use crate::device::DeviceSpec;
 
