@@ -38,6 +38,20 @@ enum Command {
     Eval(cli::eval::EvalCommand),
     /// The CLIP teacher: parity checks, tokenizer, pre-training, zero-shot eval, region cache.
     Teacher(cli::teacher::TeacherCommand),
+    /// Class-agnostic proposals for ViLD-image: train an RPN on the base boxes (or take a
+    /// file) and propose boxes for every training image.
+    Proposals(cli::proposals::ProposalsArgs),
+    /// Train a student.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Predict with a trained student for any class names: COCO results and drawings.
+    Predict(cli::predict::PredictArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum TrainCommand {
+    /// The detector: ViLD (ViLD-text + ViLD-image), then box AP on the val split.
+    Detector(cli::train_detector::TrainDetectorArgs),
 }
 
 fn main() {
@@ -58,6 +72,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Data(cmd) => cli::data::run(&ctx, cmd),
         Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
         Command::Teacher(cmd) => cli::teacher::run(&ctx, cmd),
+        Command::Proposals(args) => cli::proposals::run(&ctx, args),
+        Command::Train(TrainCommand::Detector(args)) => cli::train_detector::run(&ctx, args),
+        Command::Predict(args) => cli::predict::run(&ctx, args),
     }
 }
 

@@ -3,7 +3,10 @@
 pub mod data;
 pub mod eval;
 pub mod info;
+pub mod predict;
+pub mod proposals;
 pub mod teacher;
+pub mod train_detector;
 
 use crate::device::DeviceSpec;
 
