@@ -6,6 +6,8 @@
 mod cli;
 mod config;
 mod device;
+mod pipeline;
+mod report;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -34,8 +36,6 @@ enum Command {
     /// (`show`), counts (`stats`) and COCO/LVIS/vocabulary checks (`validate`).
     #[command(subcommand)]
     Data(cli::data::DataCommand),
-    /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
-    Eval(cli::eval::EvalCommand),
     /// The CLIP teacher: parity checks, tokenizer, pre-training, zero-shot eval, region cache.
     Teacher(cli::teacher::TeacherCommand),
     /// Class-agnostic proposals for ViLD-image: train an RPN on the base boxes (or take a
@@ -46,6 +46,16 @@ enum Command {
     Train(TrainCommand),
     /// Predict with a trained student for any class names: COCO results and drawings.
     Predict(cli::predict::PredictArgs),
+    /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
+    Eval(cli::eval::EvalCommand),
+    /// Write an HTML (and Markdown) report of a run directory.
+    Report(cli::report::ReportArgs),
+    /// Run every stage of an experiment in one run directory (data, teacher, proposals,
+    /// students, eval, report), skipping stages whose inputs are unchanged.
+    Pipeline(cli::pipeline::PipelineArgs),
+    /// Run an experiment many times with keys varied and collect every run's metrics into one
+    /// table (Parquet, CSV, Markdown).
+    Sweep(cli::sweep::SweepArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -70,12 +80,25 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info => cli::info::run(&ctx),
         Command::Data(cmd) => cli::data::run(&ctx, cmd),
-        Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
         Command::Teacher(cmd) => cli::teacher::run(&ctx, cmd),
         Command::Proposals(args) => cli::proposals::run(&ctx, args),
         Command::Train(TrainCommand::Detector(args)) => cli::train_detector::run(&ctx, args),
         Command::Predict(args) => cli::predict::run(&ctx, args),
+        Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
+        Command::Report(a) => cli::report::run(&ctx, a),
+        Command::Pipeline(a) => cli::pipeline::run(&ctx, a),
+        Command::Sweep(a) => cli::sweep::run(&ctx, a),
     }
+}
+
+/// Runs `ovkd ARGS...` in this process with `ctx`'s device: the pipeline's stages are the
+/// commands a user would type.
+pub(crate) fn run_subcommand(ctx: &cli::Context, args: &[String]) -> Result<()> {
+    let mut argv = vec!["ovkd".to_string(), "--device".into(), ctx.device.name()];
+    argv.extend(args.iter().cloned());
+    tracing::info!("ovkd {}", args.join(" "));
+    let cli = Cli::try_parse_from(argv)?;
+    run(cli)
 }
 
 fn init_logging(verbose: u8) {

@@ -12,7 +12,9 @@
 //!                                   several k, from train/instances_full.json when present
 //! ```
 //!
-//! Then `ovkd teacher embed --proposals RUN/proposals/proposals.parquet` fills the cache.
+//! Then, when ViLD-image is on, the teacher (`RUN/teacher` or `teacher.path`) embeds them into
+//! the region cache (`RUN/cache/regions` or `cache.regions`) with `ovkd teacher embed` and
+//! `ovkd teacher merge`; `--no-cache` leaves that to the user.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -53,6 +55,10 @@ pub struct ProposalsArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Do not fill the region-embedding cache (by default, when `distill.image_weight > 0`,
+    /// the teacher embeds the proposals into `cache.regions`, as `ovkd teacher embed` does).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 fn default_proposal_train() -> TrainConfig {
@@ -332,6 +338,45 @@ pub fn run(ctx: &Context, args: ProposalsArgs) -> Result<()> {
         file.display(),
         t0.elapsed().as_secs_f64()
     );
+    if cfg.distill.image_weight > 0.0 && !args.no_cache {
+        // ViLD-image reads the teacher's embeddings of these boxes from the cache: fill it
+        // with the teacher's own command, so `ovkd pipeline` needs no separate stage.
+        if !paths.teacher.join("model.safetensors").exists() {
+            bail!(
+                "{}: no teacher checkpoint to embed the proposals with (or pass --no-cache and run `ovkd teacher embed` yourself)",
+                paths.teacher.display()
+            );
+        }
+        if paths.regions.exists() {
+            std::fs::remove_dir_all(&paths.regions)
+                .with_context(|| format!("clearing {}", paths.regions.display()))?;
+        }
+        let s = |p: &Path| p.display().to_string();
+        let t_cache = Instant::now();
+        crate::run_subcommand(
+            ctx,
+            &[
+                "teacher".into(),
+                "embed".into(),
+                "--checkpoint".into(),
+                s(&paths.teacher),
+                "--split".into(),
+                s(&data.root.join("train")),
+                "--proposals".into(),
+                s(&file),
+                "--top-k".into(),
+                p.top_k.to_string(),
+                "--out".into(),
+                s(&paths.regions),
+            ],
+        )?;
+        crate::run_subcommand(ctx, &["teacher".into(), "merge".into(), s(&paths.regions)])?;
+        println!(
+            "cached the teacher's region embeddings in {} ({:.1} s)",
+            paths.regions.display(),
+            t_cache.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@
 //! RUN/cache/text/              the teacher's text embeddings of the vocabulary
 //! RUN/eval/detections.json     COCO results on the val split
 //! RUN/eval/det.json            `ovkd eval det --out` format: stats, per_category, splits
-//! RUN/eval/vis/                the first val images with their detections drawn
+//! RUN/eval/det_vis/            the first val images with their detections drawn
 //! ```
 //!
 //! The ViLD-image regions come from the embedding cache (`RUN/cache/regions` by default), made
@@ -141,7 +141,7 @@ pub struct EvalSection {
     pub inference: InferenceConfig,
     /// Images per forward pass.
     pub batch: usize,
-    /// Val images drawn with their detections into `RUN/eval/vis/`.
+    /// Val images drawn with their detections into `RUN/eval/det_vis/`.
     pub draw: usize,
 }
 
@@ -632,7 +632,7 @@ pub struct EvalOutcome {
 /// Scores `model` on the val split of `data` against every vocabulary class: writes
 /// `out/detections.json` (COCO results; `out/<name>.detections.json` when `name` is not
 /// `det`), `out/<name>.json` (the `ovkd eval det --out` report)
-/// and draws the first `cfg.draw` images into `out/vis/`.
+/// and draws the first `cfg.draw` images into `out/det_vis/`.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_val(
     model: &Detector,
@@ -650,7 +650,7 @@ pub fn evaluate_val(
     let gt_path = data.instances_path("val");
     let coco = CocoDataset::read(&gt_path)?;
     let text = tensor2(text_all, classes.len(), dim, device);
-    std::fs::create_dir_all(out.join("vis"))
+    std::fs::create_dir_all(out.join("det_vis"))
         .with_context(|| format!("creating {}", out.display()))?;
     let mut images = coco.images.clone();
     images.sort_by_key(|i| i.id);
@@ -689,7 +689,7 @@ pub fn evaluate_val(
                 });
             }
             if drawn < cfg.draw {
-                let path = out.join("vis").join(format!("{:06}.png", im.id));
+                let path = out.join("det_vis").join(format!("{:06}.png", im.id));
                 write_png(
                     &path,
                     &draw_detections(rgb, d, &display, &colours, &classes.novel, 3),
