@@ -317,7 +317,9 @@ fn rpn_only_task_trains_only_backbone_and_rpn() {
 }
 
 /// The point of ViLD-image: on two training images, objects of novel classes (never boxed)
-/// are learned from the cached teacher embeddings of their regions alone. The fake teacher's
+/// are learned from the cached teacher embeddings of their regions alone. (With a separate
+/// image projection instead, the text projection, anchored only by the base classes, drifted
+/// onto one novel class's text embedding and found none of the 10 objects.) The fake teacher's
 /// text and region embeddings agree (one vector per class), as a good teacher's would.
 #[test]
 fn vild_overfits_two_images_and_finds_novel_objects_through_vild_image() {
@@ -378,6 +380,8 @@ fn vild_overfits_two_images_and_finds_novel_objects_through_vild_image() {
     cfg.clip_grad_norm = Some(10.0);
     let mut det_cfg = detector_config();
     det_cfg.roi_heads.batch_size_per_image = 64;
+    // ViLD's single head: both losses train the one region embedding.
+    det_cfg.box_head.image_branch = ovkd_detector::ImageBranch::None;
     device.seed(0);
     let model = det_cfg.init(&device).unwrap();
     let out = train(
@@ -458,25 +462,12 @@ fn vild_overfits_two_images_and_finds_novel_objects_through_vild_image() {
         );
         (found, total)
     };
-    let (text_found, total) = found_by(ScoreSource::Text);
-    let (image_found, _) = found_by(ScoreSource::Image);
-    let (ens_found, _) = found_by(ScoreSource::Ensemble);
+    let (found, total) = found_by(ScoreSource::Text);
     assert!(
         total[0] > 0 && total[1] > 0,
         "the two images need base and novel objects"
     );
-    // The text head learned the boxed (base) classes; the image head, through ViLD-image
-    // alone, the novel ones; the ensemble keeps both.
-    assert!(
-        2 * text_found[0] >= total[0],
-        "text head, base: {text_found:?} of {total:?}"
-    );
-    assert!(
-        2 * image_found[1] >= total[1],
-        "image head, novel: {image_found:?} of {total:?}"
-    );
-    assert!(
-        2 * (ens_found[0] + ens_found[1]) >= total[0] + total[1],
-        "ensemble: {ens_found:?} of {total:?}"
-    );
+    // The boxed (base) classes are learned from ViLD-text, the novel ones from ViLD-image alone.
+    assert!(2 * found[0] >= total[0], "base: {found:?} of {total:?}");
+    assert!(2 * found[1] >= total[1], "novel: {found:?} of {total:?}");
 }
