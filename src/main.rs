@@ -38,6 +38,14 @@ enum Command {
     Data(cli::data::DataCommand),
     /// The CLIP teacher: parity checks, tokenizer, pre-training, zero-shot eval, region cache.
     Teacher(cli::teacher::TeacherCommand),
+    /// Class-agnostic proposals for ViLD-image: train an RPN on the base boxes (or take a
+    /// file) and propose boxes for every training image.
+    Proposals(cli::proposals::ProposalsArgs),
+    /// Train a student.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Predict with a trained student for any class names: COCO results and drawings.
+    Predict(cli::predict::PredictArgs),
     /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
     Eval(cli::eval::EvalCommand),
     /// Write an HTML (and Markdown) report of a run directory.
@@ -48,6 +56,12 @@ enum Command {
     /// Run an experiment many times with keys varied and collect every run's metrics into one
     /// table (Parquet, CSV, Markdown).
     Sweep(cli::sweep::SweepArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum TrainCommand {
+    /// The detector: ViLD (ViLD-text + ViLD-image), then box AP on the val split.
+    Detector(cli::train_detector::TrainDetectorArgs),
 }
 
 fn main() {
@@ -68,6 +82,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info => cli::info::run(&ctx),
         Command::Data(cmd) => cli::data::run(&ctx, cmd),
         Command::Teacher(cmd) => cli::teacher::run(&ctx, cmd),
+        Command::Proposals(args) => cli::proposals::run(&ctx, args),
+        Command::Train(TrainCommand::Detector(args)) => cli::train_detector::run(&ctx, args),
+        Command::Predict(args) => cli::predict::run(&ctx, args),
         Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
         Command::Report(a) => cli::report::run(&ctx, a),
         Command::Pipeline(a) => cli::pipeline::run(&ctx, a),
