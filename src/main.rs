@@ -30,6 +30,10 @@ struct Cli {
 enum Command {
     /// Print the version, the compiled backends and the device `--device` resolves to.
     Info,
+    /// Make, look at, count and check data: the OV-Shapes generator (`synth`), drawings
+    /// (`show`), counts (`stats`) and COCO/LVIS/vocabulary checks (`validate`).
+    #[command(subcommand)]
+    Data(cli::data::DataCommand),
 }
 
 fn main() {
@@ -47,6 +51,7 @@ fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Info => cli::info::run(&ctx),
+        Command::Data(cmd) => cli::data::run(&ctx, cmd),
     }
 }
 

@@ -1,5 +1,6 @@
 //! One module per command group; each has a clap `*Command` and a `run`.
 
+pub mod data;
 pub mod info;
 
 use crate::device::DeviceSpec;
