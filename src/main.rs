@@ -34,6 +34,8 @@ enum Command {
     /// (`show`), counts (`stats`) and COCO/LVIS/vocabulary checks (`validate`).
     #[command(subcommand)]
     Data(cli::data::DataCommand),
+    /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
+    Eval(cli::eval::EvalCommand),
 }
 
 fn main() {
@@ -52,6 +54,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info => cli::info::run(&ctx),
         Command::Data(cmd) => cli::data::run(&ctx, cmd),
+        Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
     }
 }
 

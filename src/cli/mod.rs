@@ -1,6 +1,7 @@
 //! One module per command group; each has a clap `*Command` and a `run`.
 
 pub mod data;
+pub mod eval;
 pub mod info;
 
 use crate::device::DeviceSpec;
