@@ -1,0 +1,465 @@
+//! RoIAlign (He et al. 2017), single- and multi-level, differentiable with respect to the
+//! feature maps.
+//!
+//! The sample positions and bilinear weights depend only on the boxes, which get no gradient
+//! (as in torchvision). So they are computed on the CPU, following torchvision's
+//! `roi_align_kernel.cpp` exactly (a sample with `y < -1`, `y > H`, `x < -1` or `x > W`
+//! contributes 0; coordinates are clamped at 0 and at `H - 1`/`W - 1`; each bin averages its
+//! `grid_h * grid_w` samples), merged into at most `T` distinct (pixel, weight) taps per output
+//! bin. The tensor side is then one gather (`select`, whose backward is a scatter-add) on the
+//! channel-last flattened feature maps of all levels, a multiply by the weights and a sum over
+//! taps.
+
+use burn::tensor::{Int, Tensor, TensorData};
+use ovkd_backbone::FeatureMap;
+use serde::{Deserialize, Serialize};
+
+use crate::boxes::box_area;
+
+/// Multi-level RoIAlign settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoiAlignConfig {
+    /// `[out_h, out_w]` (7x7 for the box head).
+    pub output_size: [usize; 2],
+    /// Samples per bin along each axis; `<= 0` is adaptive, `ceil(roi_size / out_size)`.
+    pub sampling_ratio: i32,
+    /// Half-pixel correction (detectron2's ROIAlignV2); torchvision's `MultiScaleRoIAlign`
+    /// uses `false`.
+    pub aligned: bool,
+    /// Box size assigned to `canonical_level` (224, ImageNet's crop).
+    pub canonical_scale: f32,
+    /// Level a box of `canonical_scale` pixels goes to (4).
+    pub canonical_level: i32,
+}
+
+impl Default for RoiAlignConfig {
+    fn default() -> Self {
+        Self {
+            output_size: [7, 7],
+            sampling_ratio: 2,
+            aligned: true,
+            canonical_scale: 224.0,
+            canonical_level: 4,
+        }
+    }
+}
+
+/// A region: the image it belongs to in the batch and its box in that level's input pixels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Roi {
+    /// Index of the image in the batch.
+    pub batch: usize,
+    /// `[x1, y1, x2, y2]` in input pixels (multiplied by `spatial_scale`).
+    pub bbox: [f32; 4],
+}
+
+/// torchvision's `LevelMapper`: `floor(canonical_level + log2(sqrt(area) / canonical_scale) +
+/// 1e-6)`, clamped to `[k_min, k_max]` (f32, as torchvision).
+pub fn map_level(
+    bbox: &[f32; 4],
+    k_min: i32,
+    k_max: i32,
+    canonical_scale: f32,
+    canonical_level: i32,
+) -> i32 {
+    let s = box_area(bbox).max(0.0).sqrt();
+    let lvl = (canonical_level as f32 + (s / canonical_scale).log2() + 1e-6).floor();
+    if lvl.is_nan() {
+        return k_min;
+    }
+    (lvl.max(k_min as f32).min(k_max as f32)) as i32
+}
+
+/// Where one feature map sits in the concatenated channel-last buffer.
+#[derive(Clone, Copy, Debug)]
+struct LevelGeom {
+    offset: usize,
+    n: usize,
+    h: usize,
+    w: usize,
+    scale: f64,
+}
+
+/// A RoIAlign as a sparse linear map: `rows = K * out_h * out_w` output bins, each the sum of
+/// `taps` (index, weight) pairs, stored tap-major (`[taps, rows]`).
+#[derive(Clone, Debug)]
+pub struct RoiAlignPlan {
+    indices: Vec<i64>,
+    weights: Vec<f32>,
+    rows: usize,
+    taps: usize,
+}
+
+impl RoiAlignPlan {
+    /// Distinct taps per bin after merging (the widest bin sets it).
+    pub fn taps(&self) -> usize {
+        self.taps
+    }
+
+    /// Applies the map: `flat` is `[P, C]` (all levels, channel-last, concatenated) →
+    /// `[K, C, out_h, out_w]`.
+    fn apply(&self, flat: Tensor<2>, k: usize, out: [usize; 2]) -> Tensor<4> {
+        let device = flat.device();
+        let [_, c] = flat.dims();
+        let idx = Tensor::<1, Int>::from_data(
+            TensorData::new(self.indices.clone(), [self.indices.len()]),
+            &device,
+        );
+        let w = Tensor::<2>::from_data(
+            TensorData::new(self.weights.clone(), [self.weights.len(), 1]),
+            &device,
+        );
+        let gathered = flat.select(0, idx).mul(w);
+        gathered
+            .reshape([self.taps, self.rows, c])
+            .sum_dim(0)
+            .reshape([k, out[0], out[1], c])
+            .permute([0, 3, 1, 2])
+    }
+}
+
+/// The taps of one RoI on one level, appended bin by bin (`out_h * out_w` bins) to `bins`.
+#[allow(clippy::too_many_arguments)]
+fn roi_taps(
+    bbox: &[f32; 4],
+    geom: &LevelGeom,
+    batch: usize,
+    out: [usize; 2],
+    sampling_ratio: i32,
+    aligned: bool,
+    bins: &mut Vec<Vec<(i64, f64)>>,
+) {
+    let offset = if aligned { 0.5 } else { 0.0 };
+    let start_w = bbox[0] as f64 * geom.scale - offset;
+    let start_h = bbox[1] as f64 * geom.scale - offset;
+    let end_w = bbox[2] as f64 * geom.scale - offset;
+    let end_h = bbox[3] as f64 * geom.scale - offset;
+    let mut roi_w = end_w - start_w;
+    let mut roi_h = end_h - start_h;
+    if !aligned {
+        roi_w = roi_w.max(1.0);
+        roi_h = roi_h.max(1.0);
+    }
+    let bin_h = roi_h / out[0] as f64;
+    let bin_w = roi_w / out[1] as f64;
+    let grid_h = if sampling_ratio > 0 {
+        sampling_ratio as i64
+    } else {
+        (roi_h / out[0] as f64).ceil() as i64
+    };
+    let grid_w = if sampling_ratio > 0 {
+        sampling_ratio as i64
+    } else {
+        (roi_w / out[1] as f64).ceil() as i64
+    };
+    let count = (grid_h * grid_w).max(1) as f64;
+    let base = (geom.offset + batch * geom.h * geom.w) as i64;
+
+    // One axis' samples of one bin: (low, high, weight of low, weight of high), or None when
+    // the sample lies outside [-1, size].
+    let axis = |start: f64, bin: f64, grid: i64, p: usize, size: usize| {
+        let sizef = size as f64;
+        (0..grid.max(0))
+            .map(|i| {
+                let mut v = start + p as f64 * bin + (i as f64 + 0.5) * bin / grid as f64;
+                if v < -1.0 || v > sizef {
+                    return None;
+                }
+                if v <= 0.0 {
+                    v = 0.0;
+                }
+                let mut low = v as usize;
+                let high;
+                if low >= size - 1 {
+                    low = size - 1;
+                    high = low;
+                    v = low as f64;
+                } else {
+                    high = low + 1;
+                }
+                let l = v - low as f64;
+                Some((low, high, 1.0 - l, l))
+            })
+            .collect::<Vec<_>>()
+    };
+
+    for ph in 0..out[0] {
+        let ys = axis(start_h, bin_h, grid_h, ph, geom.h);
+        for pw in 0..out[1] {
+            let xs = axis(start_w, bin_w, grid_w, pw, geom.w);
+            let mut taps: Vec<(i64, f64)> = Vec::with_capacity(4 * ys.len() * xs.len());
+            for y in ys.iter().flatten() {
+                for x in xs.iter().flatten() {
+                    let (yl, yh, hy, ly) = *y;
+                    let (xl, xh, hx, lx) = *x;
+                    for (yy, xx, wt) in [
+                        (yl, xl, hy * hx),
+                        (yl, xh, hy * lx),
+                        (yh, xl, ly * hx),
+                        (yh, xh, ly * lx),
+                    ] {
+                        let pos = base + (yy * geom.w + xx) as i64;
+                        match taps.iter_mut().find(|t| t.0 == pos) {
+                            Some(t) => t.1 += wt / count,
+                            None => taps.push((pos, wt / count)),
+                        }
+                    }
+                }
+            }
+            bins.push(taps);
+        }
+    }
+}
+
+fn build_plan(bins: Vec<Vec<(i64, f64)>>) -> RoiAlignPlan {
+    let rows = bins.len();
+    let taps = bins.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let mut indices = vec![0i64; taps * rows];
+    let mut weights = vec![0f32; taps * rows];
+    for (r, bin) in bins.iter().enumerate() {
+        // Padding taps repeat the bin's first pixel with weight 0, keeping reads local.
+        let pad = bin.first().map_or(0, |t| t.0);
+        for t in 0..taps {
+            let (i, w) = bin.get(t).copied().unwrap_or((pad, 0.0));
+            indices[t * rows + r] = i;
+            weights[t * rows + r] = w as f32;
+        }
+    }
+    RoiAlignPlan {
+        indices,
+        weights,
+        rows,
+        taps,
+    }
+}
+
+/// `[N, C, H, W]` → `[N * H * W, C]`.
+fn channel_last(x: Tensor<4>) -> Tensor<2> {
+    let [n, c, h, w] = x.dims();
+    x.permute([0, 2, 3, 1]).reshape([n * h * w, c])
+}
+
+/// Single-level RoIAlign, torchvision's `ops.roi_align`: `input` `[N, C, H, W]`, boxes scaled
+/// by `spatial_scale` → `[K, C, out_h, out_w]`. `rois` must not be empty.
+pub fn roi_align(
+    input: Tensor<4>,
+    rois: &[Roi],
+    spatial_scale: f32,
+    output_size: [usize; 2],
+    sampling_ratio: i32,
+    aligned: bool,
+) -> Tensor<4> {
+    assert!(!rois.is_empty(), "roi_align: no RoIs");
+    let [n, _, h, w] = input.dims();
+    let geom = LevelGeom {
+        offset: 0,
+        n,
+        h,
+        w,
+        scale: spatial_scale as f64,
+    };
+    let mut bins = Vec::with_capacity(rois.len() * output_size[0] * output_size[1]);
+    for roi in rois {
+        assert!(roi.batch < n, "roi_align: batch index {} >= {n}", roi.batch);
+        roi_taps(
+            &roi.bbox,
+            &geom,
+            roi.batch,
+            output_size,
+            sampling_ratio,
+            aligned,
+            &mut bins,
+        );
+    }
+    build_plan(bins).apply(channel_last(input), rois.len(), output_size)
+}
+
+/// Multi-level RoIAlign (torchvision's `MultiScaleRoIAlign`): each box is pooled from the
+/// level [`map_level`] picks among the given maps (their levels must be consecutive, finest
+/// first, e.g. P2..P5), with spatial scale `1 / stride`.
+#[derive(Clone, Debug, Default)]
+pub struct MultiScaleRoiAlign {
+    /// Settings.
+    pub config: RoiAlignConfig,
+}
+
+impl MultiScaleRoiAlign {
+    /// A pooler with these settings.
+    pub fn new(config: RoiAlignConfig) -> Self {
+        Self { config }
+    }
+
+    /// The index into `features` each RoI is pooled from.
+    pub fn assign_levels(&self, features: &[FeatureMap], rois: &[Roi]) -> Vec<usize> {
+        let k_min = features[0].level() as i32;
+        let k_max = features[features.len() - 1].level() as i32;
+        rois.iter()
+            .map(|r| {
+                (map_level(
+                    &r.bbox,
+                    k_min,
+                    k_max,
+                    self.config.canonical_scale,
+                    self.config.canonical_level,
+                ) - k_min) as usize
+            })
+            .collect()
+    }
+
+    /// `features` (each `[N, C, H_l, W_l]`, same `C`), `rois` (at least one) →
+    /// `[K, C, out_h, out_w]` in the order of `rois`.
+    pub fn forward(&self, features: &[FeatureMap], rois: &[Roi]) -> Tensor<4> {
+        assert!(!rois.is_empty(), "MultiScaleRoiAlign: no RoIs");
+        assert!(!features.is_empty(), "MultiScaleRoiAlign: no feature maps");
+        let plan = self.plan(features, rois);
+        let flat = Tensor::cat(
+            features
+                .iter()
+                .map(|f| channel_last(f.tensor.clone()))
+                .collect(),
+            0,
+        );
+        plan.apply(flat, rois.len(), self.config.output_size)
+    }
+
+    /// The sparse map [`forward`](Self::forward) applies (for inspection and tests).
+    pub fn plan(&self, features: &[FeatureMap], rois: &[Roi]) -> RoiAlignPlan {
+        let mut geoms = Vec::with_capacity(features.len());
+        let mut offset = 0;
+        for f in features {
+            let [n, _, h, w] = f.tensor.dims();
+            geoms.push(LevelGeom {
+                offset,
+                n,
+                h,
+                w,
+                scale: 1.0 / f.stride as f64,
+            });
+            offset += n * h * w;
+        }
+        let levels = self.assign_levels(features, rois);
+        let out = self.config.output_size;
+        let mut bins = Vec::with_capacity(rois.len() * out[0] * out[1]);
+        for (roi, &l) in rois.iter().zip(&levels) {
+            assert!(
+                roi.batch < geoms[l].n,
+                "RoI batch index {} out of range",
+                roi.batch
+            );
+            roi_taps(
+                &roi.bbox,
+                &geoms[l],
+                roi.batch,
+                out,
+                self.config.sampling_ratio,
+                self.config.aligned,
+                &mut bins,
+            );
+        }
+        build_plan(bins)
+    }
+}
+
+/// A device-less helper for callers that hold boxes per image: flattens them into [`Roi`]s
+/// (image order, then box order).
+pub fn rois_from_boxes(per_image: &[&[[f32; 4]]]) -> Vec<Roi> {
+    per_image
+        .iter()
+        .enumerate()
+        .flat_map(|(b, boxes)| boxes.iter().map(move |&bbox| Roi { batch: b, bbox }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    #[test]
+    fn level_mapper_matches_torchvision_rule() {
+        // sqrt(area) = 224 → level 4; 112 → 3; 56 → 2; 448 → 5; tiny → clamped to 2.
+        let m = |s: f32| map_level(&[0.0, 0.0, s, s], 2, 5, 224.0, 4);
+        assert_eq!(
+            [m(224.0), m(112.0), m(56.0), m(448.0), m(1.0), m(2000.0)],
+            [4, 3, 2, 5, 2, 5]
+        );
+        assert_eq!(m(111.9), 2);
+        assert_eq!(map_level(&[5.0, 5.0, 5.0, 5.0], 2, 5, 224.0, 4), 2);
+    }
+
+    /// A box that covers whole pixels of a constant map pools to that constant, on the level
+    /// the mapper picks; multi-level output equals single-level RoIAlign on that level.
+    #[test]
+    fn multi_level_equals_single_level_on_the_assigned_level() {
+        let device = Device::default();
+        let feats: Vec<FeatureMap> = [(4usize, 32usize), (8, 16), (16, 8), (32, 4)]
+            .into_iter()
+            .map(|(s, h)| FeatureMap {
+                stride: s,
+                tensor: Tensor::random([2, 3, h, h], Distribution::Normal(0.0, 1.0), &device),
+            })
+            .collect();
+        let rois = vec![
+            Roi {
+                batch: 0,
+                bbox: [3.0, 5.0, 30.0, 40.0],
+            }, // small → P2
+            Roi {
+                batch: 1,
+                bbox: [0.0, 0.0, 127.0, 100.0],
+            }, // ~112 → P3
+            Roi {
+                batch: 1,
+                bbox: [10.0, 20.0, 20.0, 24.0],
+            }, // → P2
+            Roi {
+                batch: 0,
+                bbox: [-10.0, 0.0, 128.0, 128.0],
+            }, // ~133 → P3
+        ];
+        let pooler = MultiScaleRoiAlign::new(RoiAlignConfig::default());
+        let levels = pooler.assign_levels(&feats, &rois);
+        assert_eq!(levels, vec![0, 1, 0, 1]);
+        let got = pooler.forward(&feats, &rois);
+        assert_eq!(got.dims(), [4, 3, 7, 7]);
+        let got = got.into_data().try_to_vec::<f32>().unwrap();
+        for (k, (roi, &l)) in rois.iter().zip(&levels).enumerate() {
+            let one = roi_align(
+                feats[l].tensor.clone(),
+                &[*roi],
+                1.0 / feats[l].stride as f32,
+                [7, 7],
+                2,
+                true,
+            )
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+            let part = &got[k * 3 * 49..(k + 1) * 3 * 49];
+            for (a, b) in part.iter().zip(&one) {
+                assert!((a - b).abs() < 1e-6, "roi {k}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn constant_map_pools_to_the_constant() {
+        let device = Device::default();
+        let x = Tensor::<4>::ones([1, 2, 10, 10], &device).mul_scalar(3.0);
+        let out = roi_align(
+            x,
+            &[Roi {
+                batch: 0,
+                bbox: [1.0, 1.0, 8.0, 9.0],
+            }],
+            1.0,
+            [3, 3],
+            0,
+            true,
+        );
+        for v in out.into_data().try_to_vec::<f32>().unwrap() {
+            assert!((v - 3.0).abs() < 1e-5);
+        }
+    }
+}

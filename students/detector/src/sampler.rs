@@ -1,0 +1,96 @@
+//! Balanced sampling of positive and negative training examples, as torchvision's
+//! `BalancedPositiveNegativeSampler`, with a caller-seeded RNG.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// The training role of an anchor or proposal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Foreground.
+    Positive,
+    /// Background.
+    Negative,
+    /// Neither (between the matcher's thresholds).
+    Ignore,
+}
+
+/// Draws at most `batch_size_per_image` examples per image, at most `positive_fraction` of
+/// them positive; negatives fill the rest.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct BalancedSampler {
+    /// Examples per image (RPN 256, RoI head 512).
+    pub batch_size_per_image: usize,
+    /// Largest share of positives (RPN 0.5, RoI head 0.25).
+    pub positive_fraction: f32,
+}
+
+/// Indices chosen by the sampler, each list ascending.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sampled {
+    /// Chosen positives.
+    pub positive: Vec<usize>,
+    /// Chosen negatives.
+    pub negative: Vec<usize>,
+}
+
+impl BalancedSampler {
+    /// Samples uniformly without replacement among positives and among negatives.
+    pub fn sample<R: Rng + ?Sized>(&self, roles: &[Role], rng: &mut R) -> Sampled {
+        let positive: Vec<usize> = (0..roles.len())
+            .filter(|&i| roles[i] == Role::Positive)
+            .collect();
+        let negative: Vec<usize> = (0..roles.len())
+            .filter(|&i| roles[i] == Role::Negative)
+            .collect();
+        let num_pos = ((self.batch_size_per_image as f32 * self.positive_fraction) as usize)
+            .min(positive.len());
+        let num_neg = (self.batch_size_per_image - num_pos).min(negative.len());
+        Sampled {
+            positive: choose(&positive, num_pos, rng),
+            negative: choose(&negative, num_neg, rng),
+        }
+    }
+}
+
+fn choose<R: Rng + ?Sized>(from: &[usize], k: usize, rng: &mut R) -> Vec<usize> {
+    let mut picked: Vec<usize> = rand::seq::index::sample(rng, from.len(), k)
+        .into_iter()
+        .map(|i| from[i])
+        .collect();
+    picked.sort_unstable();
+    picked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn respects_fraction_and_fills_with_negatives() {
+        let mut roles = vec![Role::Negative; 100];
+        for r in roles.iter_mut().take(30) {
+            *r = Role::Positive;
+        }
+        roles[99] = Role::Ignore;
+        let s = BalancedSampler {
+            batch_size_per_image: 40,
+            positive_fraction: 0.25,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let got = s.sample(&roles, &mut rng);
+        assert_eq!(got.positive.len(), 10);
+        assert_eq!(got.negative.len(), 30);
+        assert!(got.positive.iter().all(|&i| roles[i] == Role::Positive));
+        assert!(got.negative.iter().all(|&i| roles[i] == Role::Negative));
+        // Few positives: negatives fill the batch.
+        let few = s.sample(&roles[25..], &mut rng);
+        assert_eq!((few.positive.len(), few.negative.len()), (5, 35));
+        // Same seed, same draw.
+        let a = s.sample(&roles, &mut ChaCha8Rng::seed_from_u64(1));
+        let b = s.sample(&roles, &mut ChaCha8Rng::seed_from_u64(1));
+        assert_eq!(a, b);
+    }
+}
