@@ -36,6 +36,8 @@ enum Command {
     Data(cli::data::DataCommand),
     /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
     Eval(cli::eval::EvalCommand),
+    /// The CLIP teacher: parity checks, tokenizer, pre-training, zero-shot eval, region cache.
+    Teacher(cli::teacher::TeacherCommand),
 }
 
 fn main() {
@@ -55,6 +57,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info => cli::info::run(&ctx),
         Command::Data(cmd) => cli::data::run(&ctx, cmd),
         Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
+        Command::Teacher(cmd) => cli::teacher::run(&ctx, cmd),
     }
 }
 

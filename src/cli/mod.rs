@@ -3,6 +3,7 @@
 pub mod data;
 pub mod eval;
 pub mod info;
+pub mod teacher;
 
 use crate::device::DeviceSpec;
 

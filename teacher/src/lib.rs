@@ -1,1 +1,21 @@
-//! ovkd-teacher
+//! ovkd-teacher: the frozen vision-language teacher.
+//!
+//! CLIP in Burn, numerically matching transformers' `CLIPModel` ([`clip`]); checkpoint loading
+//! for transformers and OpenAI/OpenCLIP layouts ([`weights`]).
+
+pub mod cache;
+pub mod clip;
+pub mod embed;
+pub mod error;
+pub mod io;
+pub mod parity;
+pub mod preprocess;
+pub mod pretrain;
+pub mod service;
+pub mod shapes;
+pub mod tokenizer;
+pub mod weights;
+
+pub use clip::{ClipConfig, ClipModel, ClipOutput};
+pub use error::TeacherError;
+pub use weights::{HostTensor, WeightMap, load_checkpoint};

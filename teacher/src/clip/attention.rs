@@ -1,0 +1,89 @@
+//! CLIP's multi-head self-attention, with transformers' parameter names and no dropout.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Tensor};
+
+use super::layers::{load_linear, save_linear};
+use crate::error::TeacherError;
+use crate::weights::WeightMap;
+
+/// `self_attn`: q/k/v/out projections of width W split over `num_heads` heads.
+#[derive(Module, Debug)]
+pub struct ClipAttention {
+    /// Query projection, W → W.
+    pub q_proj: Linear,
+    /// Key projection, W → W.
+    pub k_proj: Linear,
+    /// Value projection, W → W.
+    pub v_proj: Linear,
+    /// Output projection, W → W.
+    pub out_proj: Linear,
+    /// Number of heads H (W / H per head).
+    #[module(skip)]
+    pub num_heads: usize,
+}
+
+impl ClipAttention {
+    /// Loads `{prefix}.{q,k,v,out}_proj.{weight,bias}`.
+    pub fn load(
+        map: &mut WeightMap,
+        prefix: &str,
+        width: usize,
+        num_heads: usize,
+        device: &burn::tensor::Device,
+    ) -> Result<Self, TeacherError> {
+        Ok(Self {
+            q_proj: load_linear(map, &format!("{prefix}.q_proj"), width, width, true, device)?,
+            k_proj: load_linear(map, &format!("{prefix}.k_proj"), width, width, true, device)?,
+            v_proj: load_linear(map, &format!("{prefix}.v_proj"), width, width, true, device)?,
+            out_proj: load_linear(
+                map,
+                &format!("{prefix}.out_proj"),
+                width,
+                width,
+                true,
+                device,
+            )?,
+            num_heads,
+        })
+    }
+
+    /// Writes the parameters back under transformers' names.
+    pub fn save(&self, map: &mut WeightMap, prefix: &str) -> Result<(), TeacherError> {
+        save_linear(&self.q_proj, map, &format!("{prefix}.q_proj"))?;
+        save_linear(&self.k_proj, map, &format!("{prefix}.k_proj"))?;
+        save_linear(&self.v_proj, map, &format!("{prefix}.v_proj"))?;
+        save_linear(&self.out_proj, map, &format!("{prefix}.out_proj"))
+    }
+
+    /// Self-attention over [B, L, W] → [B, L, W]; `causal` masks future positions (text tower).
+    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+        let [b, l, w] = x.dims();
+        let h = self.num_heads;
+        let hd = w / h;
+        let scale = (hd as f64).powf(-0.5);
+        let split = |t: Tensor<3>| t.reshape([b, l, h, hd]).swap_dims(1, 2); // [B, H, L, hd]
+        let q = split(self.q_proj.forward(x.clone()));
+        let k = split(self.k_proj.forward(x.clone()));
+        let v = split(self.v_proj.forward(x));
+        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale); // [B, H, L, L]
+        if causal {
+            let mask = causal_mask(l, &scores.device());
+            scores = scores.mask_fill(
+                mask.unsqueeze::<4>().expand([b, h, l, l]),
+                f32::NEG_INFINITY,
+            );
+        }
+        let attn = softmax(scores, 3);
+        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, l, w]);
+        self.out_proj.forward(out)
+    }
+}
+
+/// [L, L] mask, true above the diagonal (positions a token may not see).
+pub(crate) fn causal_mask(l: usize, device: &burn::tensor::Device) -> Tensor<2, Bool> {
+    let data: Vec<bool> = (0..l * l).map(|i| (i % l) > (i / l)).collect();
+    Tensor::<2, Bool>::from_data(burn::tensor::TensorData::new(data, [l, l]), device)
+}

@@ -1,0 +1,252 @@
+//! Small building blocks shared by both towers: Linear/LayerNorm loading, the MLP and the
+//! pre-norm encoder block, and quick_gelu.
+
+use burn::module::{Module, Param};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::attention::ClipAttention;
+use super::config::Activation;
+use crate::error::{TeacherError, to_vec};
+use crate::weights::{HostTensor, WeightMap};
+
+/// `x * sigmoid(1.702 x)`: OpenAI CLIP's GELU approximation (not in Burn).
+pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone() * burn::tensor::activation::sigmoid(x.mul_scalar(1.702))
+}
+
+/// Applies the configured MLP non-linearity.
+pub fn activate<const D: usize>(x: Tensor<D>, act: Activation) -> Tensor<D> {
+    match act {
+        Activation::QuickGelu => quick_gelu(x),
+        Activation::Gelu => burn::tensor::activation::gelu(x),
+    }
+}
+
+/// Host tensor → device tensor of rank D.
+pub(crate) fn to_device<const D: usize>(t: HostTensor, device: &Device) -> Tensor<D> {
+    let shape: Vec<usize> = t.shape.clone();
+    Tensor::<D>::from_data(TensorData::new(t.data, shape), device)
+}
+
+/// Device tensor → host tensor.
+pub(crate) fn to_host<const D: usize>(t: Tensor<D>) -> Result<HostTensor, TeacherError> {
+    let shape = t.dims().to_vec();
+    Ok(HostTensor {
+        shape,
+        data: to_vec(t)?,
+    })
+}
+
+/// Loads a PyTorch `nn.Linear` (`weight` [out, in], `bias` [out]) into Burn's [in, out] layout.
+pub fn load_linear(
+    map: &mut WeightMap,
+    prefix: &str,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    device: &Device,
+) -> Result<Linear, TeacherError> {
+    let w = map
+        .take(&format!("{prefix}.weight"), &[d_out, d_in])?
+        .transposed();
+    let bias = if bias {
+        let b = map.take(&format!("{prefix}.bias"), &[d_out])?;
+        Some(Param::from_tensor(to_device::<1>(b, device)))
+    } else {
+        None
+    };
+    Ok(Linear {
+        weight: Param::from_tensor(to_device::<2>(w, device)),
+        bias,
+    })
+}
+
+/// Writes a Burn `Linear` back as PyTorch's [out, in] `weight` (+ `bias`).
+pub fn save_linear(l: &Linear, map: &mut WeightMap, prefix: &str) -> Result<(), TeacherError> {
+    map.insert(
+        format!("{prefix}.weight"),
+        to_host(l.weight.val())?.transposed(),
+    );
+    if let Some(b) = &l.bias {
+        map.insert(format!("{prefix}.bias"), to_host(b.val())?);
+    }
+    Ok(())
+}
+
+/// Loads `{prefix}.weight` / `{prefix}.bias` of a LayerNorm of width `d`.
+pub fn load_layer_norm(
+    map: &mut WeightMap,
+    prefix: &str,
+    d: usize,
+    eps: f64,
+    device: &Device,
+) -> Result<LayerNorm, TeacherError> {
+    let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
+    let g = map.take(&format!("{prefix}.weight"), &[d])?;
+    let b = map.take(&format!("{prefix}.bias"), &[d])?;
+    ln.gamma = Param::from_tensor(to_device::<1>(g, device));
+    ln.beta = Some(Param::from_tensor(to_device::<1>(b, device)));
+    Ok(ln)
+}
+
+/// Writes a LayerNorm's gamma/beta as `weight`/`bias`.
+pub fn save_layer_norm(
+    ln: &LayerNorm,
+    map: &mut WeightMap,
+    prefix: &str,
+) -> Result<(), TeacherError> {
+    map.insert(format!("{prefix}.weight"), to_host(ln.gamma.val())?);
+    if let Some(b) = &ln.beta {
+        map.insert(format!("{prefix}.bias"), to_host(b.val())?);
+    }
+    Ok(())
+}
+
+/// `mlp`: fc1 (W → I), activation, fc2 (I → W).
+#[derive(Module, Debug)]
+pub struct ClipMlp {
+    /// W → I.
+    pub fc1: Linear,
+    /// I → W.
+    pub fc2: Linear,
+    /// The non-linearity.
+    #[module(skip)]
+    pub act: Activation,
+}
+
+impl ClipMlp {
+    /// [.., W] → [.., W].
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.fc2.forward(activate(self.fc1.forward(x), self.act))
+    }
+}
+
+/// Shape of one encoder block.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockShape {
+    /// Width W.
+    pub width: usize,
+    /// MLP width I.
+    pub intermediate: usize,
+    /// Heads.
+    pub heads: usize,
+    /// LayerNorm epsilon.
+    pub eps: f64,
+    /// MLP non-linearity.
+    pub act: Activation,
+}
+
+/// `encoder.layers.N`: pre-norm residual attention and MLP.
+#[derive(Module, Debug)]
+pub struct EncoderLayer {
+    /// Norm before attention.
+    pub layer_norm1: LayerNorm,
+    /// Self-attention.
+    pub self_attn: ClipAttention,
+    /// Norm before the MLP.
+    pub layer_norm2: LayerNorm,
+    /// The MLP.
+    pub mlp: ClipMlp,
+}
+
+impl EncoderLayer {
+    /// Loads `{prefix}.*` in transformers' naming.
+    pub fn load(
+        map: &mut WeightMap,
+        prefix: &str,
+        s: BlockShape,
+        device: &Device,
+    ) -> Result<Self, TeacherError> {
+        Ok(Self {
+            layer_norm1: load_layer_norm(
+                map,
+                &format!("{prefix}.layer_norm1"),
+                s.width,
+                s.eps,
+                device,
+            )?,
+            self_attn: ClipAttention::load(
+                map,
+                &format!("{prefix}.self_attn"),
+                s.width,
+                s.heads,
+                device,
+            )?,
+            layer_norm2: load_layer_norm(
+                map,
+                &format!("{prefix}.layer_norm2"),
+                s.width,
+                s.eps,
+                device,
+            )?,
+            mlp: ClipMlp {
+                fc1: load_linear(
+                    map,
+                    &format!("{prefix}.mlp.fc1"),
+                    s.width,
+                    s.intermediate,
+                    true,
+                    device,
+                )?,
+                fc2: load_linear(
+                    map,
+                    &format!("{prefix}.mlp.fc2"),
+                    s.intermediate,
+                    s.width,
+                    true,
+                    device,
+                )?,
+                act: s.act,
+            },
+        })
+    }
+
+    /// Writes the block back under transformers' names.
+    pub fn save(&self, map: &mut WeightMap, prefix: &str) -> Result<(), TeacherError> {
+        save_layer_norm(&self.layer_norm1, map, &format!("{prefix}.layer_norm1"))?;
+        self.self_attn.save(map, &format!("{prefix}.self_attn"))?;
+        save_layer_norm(&self.layer_norm2, map, &format!("{prefix}.layer_norm2"))?;
+        save_linear(&self.mlp.fc1, map, &format!("{prefix}.mlp.fc1"))?;
+        save_linear(&self.mlp.fc2, map, &format!("{prefix}.mlp.fc2"))
+    }
+
+    /// [B, L, W] → [B, L, W].
+    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), causal);
+        x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
+    }
+}
+
+/// Names and shapes (PyTorch layout) of one block's tensors, for random init and checks.
+pub fn block_shapes(prefix: &str, s: BlockShape, out: &mut Vec<(String, Vec<usize>)>) {
+    let w = s.width;
+    for ln in ["layer_norm1", "layer_norm2"] {
+        out.push((format!("{prefix}.{ln}.weight"), vec![w]));
+        out.push((format!("{prefix}.{ln}.bias"), vec![w]));
+    }
+    for p in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+        out.push((format!("{prefix}.self_attn.{p}.weight"), vec![w, w]));
+        out.push((format!("{prefix}.self_attn.{p}.bias"), vec![w]));
+    }
+    out.push((format!("{prefix}.mlp.fc1.weight"), vec![s.intermediate, w]));
+    out.push((format!("{prefix}.mlp.fc1.bias"), vec![s.intermediate]));
+    out.push((format!("{prefix}.mlp.fc2.weight"), vec![w, s.intermediate]));
+    out.push((format!("{prefix}.mlp.fc2.bias"), vec![w]));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_gelu_matches_its_formula() {
+        let device = Device::default();
+        let x = Tensor::<1>::from_floats([-3.0, -0.5, 0.0, 0.7, 4.0], &device);
+        let y = to_vec(quick_gelu(x)).unwrap();
+        for (xi, yi) in [-3.0f32, -0.5, 0.0, 0.7, 4.0].iter().zip(y) {
+            let want = xi / (1.0 + (-1.702 * xi).exp());
+            assert!((want - yi).abs() < 1e-6, "{xi}: {yi} vs {want}");
+        }
+    }
+}

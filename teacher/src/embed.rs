@@ -1,0 +1,349 @@
+//! The teacher's embeddings, all L2-normalised: text (prompt ensembles, cached), regions
+//! (ViLD's 1x + 1.5x crops), dense patch features (MaskCLIP) and text from token embeddings
+//! (BARON's pseudo-words).
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use image::RgbImage;
+use sha2::{Digest, Sha256};
+
+use crate::clip::{ClipModel, l2_normalize};
+use crate::error::{TeacherError, to_vec};
+use crate::preprocess::{PreprocessConfig, check_box, scale_box};
+use crate::tokenizer::ClipTokenizer;
+use crate::weights::{HostTensor, WeightMap};
+
+/// ViLD's context factor for the second crop.
+pub const VILD_CONTEXT: f32 = 1.5;
+
+/// A loaded teacher: model, tokenizer, preprocessing and the checkpoint's hash.
+#[derive(Debug)]
+pub struct Teacher {
+    /// The CLIP model (on `device`, plain: its parameters are constants).
+    pub model: ClipModel,
+    /// Its tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// Preprocessing at the model's image size.
+    pub preprocess: PreprocessConfig,
+    /// Where the tensors live.
+    pub device: Device,
+    /// SHA-256 of the weights file (hex), the key of cached text embeddings.
+    pub checkpoint_hash: String,
+    /// Crops per forward pass.
+    pub max_batch: usize,
+}
+
+/// MaskCLIP dense features of one image.
+#[derive(Debug, Clone)]
+pub struct DenseFeatures {
+    /// Projected, L2-normalised per patch: [D, H/p, W/p].
+    pub embeds: Tensor<3>,
+    /// Key features per patch for key smoothing: [Wv, H/p, W/p].
+    pub keys: Tensor<3>,
+}
+
+impl Teacher {
+    /// Loads `dir` (`config.json`, `model.safetensors`, `tokenizer.json`). Returns the teacher and
+    /// the checkpoint keys the model did not use.
+    pub fn load(dir: &Path, device: &Device) -> Result<(Self, Vec<String>), TeacherError> {
+        let (model, unused) = ClipModel::load(dir, device)?;
+        let weights = if dir.is_dir() {
+            dir.join("model.safetensors")
+        } else {
+            dir.to_path_buf()
+        };
+        let checkpoint_hash = file_sha256(&weights)?;
+        let tok_dir = if dir.is_dir() {
+            dir.to_path_buf()
+        } else {
+            dir.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
+        let tokenizer = ClipTokenizer::from_file(
+            &tok_dir.join("tokenizer.json"),
+            model.config.text_config.max_position_embeddings,
+        )?;
+        Ok((Self::new(model, tokenizer, checkpoint_hash, device), unused))
+    }
+
+    /// Wraps an in-memory model.
+    pub fn new(
+        model: ClipModel,
+        tokenizer: ClipTokenizer,
+        checkpoint_hash: String,
+        device: &Device,
+    ) -> Self {
+        let preprocess = PreprocessConfig::clip(model.config.vision_config.image_size);
+        Self {
+            model,
+            tokenizer,
+            preprocess,
+            device: device.clone(),
+            checkpoint_hash,
+            max_batch: 32,
+        }
+    }
+
+    /// Joint embedding size D.
+    pub fn dim(&self) -> usize {
+        self.model.embed_dim()
+    }
+
+    /// L2-normalised embeddings of texts, batched: [N, D].
+    pub fn text_embeds(&self, texts: &[String]) -> Result<Tensor<2>, TeacherError> {
+        let mut parts = Vec::new();
+        for chunk in texts.chunks(self.max_batch.max(1) * 4) {
+            let b = self.tokenizer.encode_batch(chunk)?;
+            parts.push(self.model.text_embeds(&b.ids, b.batch, b.len));
+        }
+        if parts.is_empty() {
+            return Ok(Tensor::zeros([0, self.dim()], &self.device));
+        }
+        Ok(Tensor::cat(parts, 0))
+    }
+
+    /// One embedding per class from a prompt ensemble: every (name, template) pair embedded
+    /// and normalised, averaged over the class's names and templates, renormalised: [K, D].
+    /// `{}` in a template is replaced by the name.
+    pub fn class_embeds(
+        &self,
+        classes: &[Vec<String>],
+        templates: &[String],
+    ) -> Result<Tensor<2>, TeacherError> {
+        if templates.is_empty() {
+            return Err(TeacherError::InvalidRequest("no prompt templates".into()));
+        }
+        let mut rows = Vec::with_capacity(classes.len());
+        for (k, names) in classes.iter().enumerate() {
+            if names.is_empty() {
+                return Err(TeacherError::InvalidRequest(format!(
+                    "class {k} has no name"
+                )));
+            }
+            let texts: Vec<String> = names
+                .iter()
+                .flat_map(|n| templates.iter().map(move |t| fill_template(t, n)))
+                .collect();
+            let e = self.text_embeds(&texts)?; // [T, D]
+            rows.push(l2_normalize(e.mean_dim(0)));
+        }
+        if rows.is_empty() {
+            return Ok(Tensor::zeros([0, self.dim()], &self.device));
+        }
+        Ok(Tensor::cat(rows, 0))
+    }
+
+    /// [`Self::class_embeds`], cached in `cache_dir` under the checkpoint hash, the templates and
+    /// the class names: a second call with the same inputs reads the file instead.
+    pub fn class_embeds_cached(
+        &self,
+        classes: &[Vec<String>],
+        templates: &[String],
+        cache_dir: &Path,
+    ) -> Result<Tensor<2>, TeacherError> {
+        let path = self.text_cache_path(classes, templates, cache_dir);
+        if path.exists() {
+            let mut map = WeightMap::from_safetensors(&path)?;
+            let t = map.take("class_embeds", &[classes.len(), self.dim()])?;
+            return Ok(Tensor::from_data(
+                TensorData::new(t.data, t.shape),
+                &self.device,
+            ));
+        }
+        let e = self.class_embeds(classes, templates)?;
+        let mut map = WeightMap::new(&path);
+        map.insert(
+            "class_embeds".into(),
+            HostTensor {
+                shape: e.dims().to_vec(),
+                data: to_vec(e.clone())?,
+            },
+        );
+        map.save_safetensors(&path)?;
+        Ok(e)
+    }
+
+    /// Where [`Self::class_embeds_cached`] keeps a vocabulary's embeddings.
+    pub fn text_cache_path(
+        &self,
+        classes: &[Vec<String>],
+        templates: &[String],
+        cache_dir: &Path,
+    ) -> PathBuf {
+        let mut h = Sha256::new();
+        h.update(self.checkpoint_hash.as_bytes());
+        for t in templates {
+            h.update(b"\x00t");
+            h.update(t.as_bytes());
+        }
+        for names in classes {
+            h.update(b"\x00c");
+            for n in names {
+                h.update(b"\x00n");
+                h.update(n.as_bytes());
+            }
+        }
+        let key = hex(&h.finalize());
+        cache_dir.join(format!("text-{}.safetensors", &key[..16]))
+    }
+
+    /// Normalised image embeddings of preprocessed crops [N, 3, S, S] (host, channel-major),
+    /// in batches of `max_batch`: [N, D].
+    pub fn embed_pixels(&self, crops: &[f32], n: usize) -> Tensor<2> {
+        let s = self.preprocess.size;
+        let per = 3 * s * s;
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(self.max_batch.max(1)) {
+            let end = (start + self.max_batch.max(1)).min(n);
+            let data = crops[start * per..end * per].to_vec();
+            let x =
+                Tensor::<4>::from_data(TensorData::new(data, [end - start, 3, s, s]), &self.device);
+            parts.push(self.model.image_embeds(x));
+        }
+        if parts.is_empty() {
+            return Tensor::zeros([0, self.dim()], &self.device);
+        }
+        Tensor::cat(parts, 0)
+    }
+
+    /// The two crops (1x and 1.5x about the centre, clipped) of each box, preprocessed: host
+    /// [2N, 3, S, S], box i's crops at 2i and 2i + 1. Checks every box first.
+    pub fn region_crops(
+        &self,
+        img: &RgbImage,
+        boxes: &[[f32; 4]],
+    ) -> Result<Vec<f32>, TeacherError> {
+        for (i, b) in boxes.iter().enumerate() {
+            check_box(img, *b)
+                .map_err(|e| TeacherError::InvalidRequest(format!("box {i}: {e}")))?;
+        }
+        let mut out = Vec::with_capacity(boxes.len() * 2 * 3 * self.preprocess.size.pow(2));
+        for b in boxes {
+            out.extend(self.preprocess.crop(img, *b)?);
+            let wide = scale_box(*b, VILD_CONTEXT, img.width(), img.height());
+            out.extend(self.preprocess.crop(img, wide)?);
+        }
+        Ok(out)
+    }
+
+    /// ViLD region embeddings: each box's 1x and 1.5x crops encoded, the two normalised
+    /// embeddings summed and renormalised: [N, D].
+    pub fn region_embeds(
+        &self,
+        img: &RgbImage,
+        boxes: &[[f32; 4]],
+    ) -> Result<Tensor<2>, TeacherError> {
+        let crops = self.region_crops(img, boxes)?;
+        Ok(self.pair_sum(self.embed_pixels(&crops, 2 * boxes.len())))
+    }
+
+    /// [2N, D] (pairs adjacent) → normalised pair sums [N, D].
+    pub fn pair_sum(&self, e: Tensor<2>) -> Tensor<2> {
+        let [n2, d] = e.dims();
+        if n2 == 0 {
+            return Tensor::zeros([0, d], &self.device);
+        }
+        l2_normalize(e.reshape([n2 / 2, 2, d]).sum_dim(1).reshape([n2 / 2, d]))
+    }
+
+    /// MaskCLIP dense features on normalised pixels [B, 3, H, W] (H, W multiples of p; any
+    /// size, positions interpolated bicubically): embeds [B, D, H/p, W/p] and keys
+    /// [B, Wv, H/p, W/p].
+    pub fn dense_pixels(&self, pixels: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let t = self.model.vision_model.forward_dense(pixels);
+        let [b, n, wv] = t.values.dims();
+        let [gh, gw] = t.grid;
+        let proj = self
+            .model
+            .visual_projection
+            .forward(t.values.reshape([b * n, wv]));
+        let d = proj.dims()[1];
+        let embeds = l2_normalize(proj)
+            .reshape([b, gh, gw, d])
+            .permute([0, 3, 1, 2]);
+        let keys = t.keys.reshape([b, gh, gw, wv]).permute([0, 3, 1, 2]);
+        (embeds, keys)
+    }
+
+    /// Dense features of one image resized (PIL bicubic, no crop) to `size` = (width, height),
+    /// both multiples of the patch size: [D, h/p, w/p].
+    pub fn dense(&self, img: &RgbImage, size: (u32, u32)) -> Result<DenseFeatures, TeacherError> {
+        let p = self.model.config.vision_config.patch_size as u32;
+        if size.0 < p || size.1 < p || size.0 % p != 0 || size.1 % p != 0 {
+            return Err(TeacherError::InvalidRequest(format!(
+                "dense input size {}x{} must be a positive multiple of the patch size {p}",
+                size.0, size.1
+            )));
+        }
+        let px = self.preprocess.resize_to(img, size.0, size.1)?;
+        let x = Tensor::<4>::from_data(
+            TensorData::new(px, [1, 3, size.1 as usize, size.0 as usize]),
+            &self.device,
+        );
+        let (e, k) = self.dense_pixels(x);
+        let [_, d, h, w] = e.dims();
+        let wv = k.dims()[1];
+        Ok(DenseFeatures {
+            embeds: e.reshape([d, h, w]),
+            keys: k.reshape([wv, h, w]),
+        })
+    }
+
+    /// The text tower's token embedding table: [V, Wt].
+    pub fn token_embedding(&self) -> Tensor<2> {
+        self.model.text_model.token_embedding.val()
+    }
+
+    /// Normalised text embeddings from token embeddings [B, L, Wt] (positions added inside;
+    /// L ≤ context length), pooled at `eot[b]`: [B, D]. The tower's parameters are constants
+    /// (they live on a plain device), so on an autodiff device gradients flow only into
+    /// `embeds`.
+    pub fn text_from_token_embeds(&self, embeds: Tensor<3>, eot: &[usize]) -> Tensor<2> {
+        let pooled = self.model.text_model.forward_embeds(embeds, eot).pooled;
+        l2_normalize(self.model.text_projection.forward(pooled))
+    }
+}
+
+/// Replaces `{}` in a template by `name` (a template without `{}` gets the name appended).
+pub fn fill_template(template: &str, name: &str) -> String {
+    if template.contains("{}") {
+        template.replace("{}", name)
+    } else {
+        format!("{template} {name}")
+    }
+}
+
+/// Reads prompt templates: one per line, `#` comments and blank lines skipped.
+pub fn read_templates(path: &Path) -> Result<Vec<String>, TeacherError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TeacherError::io(path, e))?;
+    let t: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    if t.is_empty() {
+        return Err(TeacherError::format(path, "no templates"));
+    }
+    Ok(t)
+}
+
+/// SHA-256 of a file, hex.
+pub fn file_sha256(path: &Path) -> Result<String, TeacherError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| TeacherError::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| TeacherError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

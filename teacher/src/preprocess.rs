@@ -1,0 +1,397 @@
+//! CLIP's image preprocessing: the shorter side resized bicubically as PIL does it (which is
+//! what transformers' `CLIPImageProcessor` calls), a centre crop, [0, 1] scaling and CLIP's mean
+//! and std; and the crop-and-resize of boxes for region embeddings.
+
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::error::TeacherError;
+
+/// CLIP's per-channel mean (RGB, on [0, 1] values).
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// CLIP's per-channel std.
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// Preprocessing settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreprocessConfig {
+    /// Output side S (the model's image size).
+    pub size: usize,
+    /// Per-channel mean.
+    pub mean: [f32; 3],
+    /// Per-channel std.
+    pub std: [f32; 3],
+}
+
+impl PreprocessConfig {
+    /// CLIP's mean and std at side `size`.
+    pub fn clip(size: usize) -> Self {
+        Self {
+            size,
+            mean: CLIP_MEAN,
+            std: CLIP_STD,
+        }
+    }
+
+    /// Whole image: shorter side → S (PIL bicubic), centre crop S x S, normalise.
+    /// Returns [3, S, S] channel-major.
+    pub fn image(&self, img: &RgbImage) -> Result<Vec<f32>, TeacherError> {
+        let (w, h) = img.dimensions();
+        if w == 0 || h == 0 {
+            return Err(TeacherError::InvalidRequest("empty image".into()));
+        }
+        let s = self.size as u32;
+        // transformers' get_resize_output_image_size: the long side is int(S * long / short).
+        let (nw, nh) = if w <= h {
+            (s, ((s as u64 * h as u64) / w as u64) as u32)
+        } else {
+            (((s as u64 * w as u64) / h as u64) as u32, s)
+        };
+        let resized = if (nw, nh) == (w, h) {
+            img.clone()
+        } else {
+            pil_resize_bicubic(img, nw, nh)
+        };
+        // transformers' center_crop: top = (H - S) // 2, left = (W - S) // 2.
+        let top = (nh - s) / 2;
+        let left = (nw - s) / 2;
+        let mut out = vec![0.0f32; 3 * self.size * self.size];
+        let plane = self.size * self.size;
+        for y in 0..s {
+            for x in 0..s {
+                let p = resized.get_pixel(left + x, top + y);
+                let i = (y * s + x) as usize;
+                for c in 0..3 {
+                    out[c * plane + i] = (p[c] as f32 / 255.0 - self.mean[c]) / self.std[c];
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A box [x1, y1, x2, y2] (image pixels, continuous coordinates) cropped and resized to
+    /// S x S by bilinear sampling at each output pixel's centre (edges clamped), then
+    /// normalised. Returns [3, S, S].
+    pub fn crop(&self, img: &RgbImage, b: [f32; 4]) -> Result<Vec<f32>, TeacherError> {
+        check_box(img, b)?;
+        let s = self.size;
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let raw = img.as_raw();
+        let bw = (b[2] - b[0]) / s as f32;
+        let bh = (b[3] - b[1]) / s as f32;
+        let plane = s * s;
+        let mut out = vec![0.0f32; 3 * plane];
+        let sample_axis = |v: f32, n: usize| -> (usize, usize, f32) {
+            let v = v.clamp(0.0, (n - 1) as f32);
+            let i0 = v.floor() as usize;
+            let i1 = (i0 + 1).min(n - 1);
+            (i0, i1, v - i0 as f32)
+        };
+        for oy in 0..s {
+            let sy = b[1] + (oy as f32 + 0.5) * bh - 0.5;
+            let (y0, y1, fy) = sample_axis(sy, h);
+            for ox in 0..s {
+                let sx = b[0] + (ox as f32 + 0.5) * bw - 0.5;
+                let (x0, x1, fx) = sample_axis(sx, w);
+                for c in 0..3 {
+                    let at = |x: usize, y: usize| raw[(y * w + x) * 3 + c] as f32;
+                    let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
+                    let bot = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
+                    let v = top * (1.0 - fy) + bot * fy;
+                    out[c * plane + oy * s + ox] = (v / 255.0 - self.mean[c]) / self.std[c];
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole image resized (no crop, PIL bicubic) to `w x h` and normalised: [3, h, w].
+    /// For dense features at any input size.
+    pub fn resize_to(&self, img: &RgbImage, w: u32, h: u32) -> Result<Vec<f32>, TeacherError> {
+        if img.width() == 0 || img.height() == 0 {
+            return Err(TeacherError::InvalidRequest("empty image".into()));
+        }
+        let r = if img.dimensions() == (w, h) {
+            img.clone()
+        } else {
+            pil_resize_bicubic(img, w, h)
+        };
+        let plane = (w * h) as usize;
+        let mut out = vec![0.0f32; 3 * plane];
+        for (i, p) in r.pixels().enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = (p[c] as f32 / 255.0 - self.mean[c]) / self.std[c];
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A box must have positive area and lie inside the image (a margin of half a pixel for
+/// rounding is allowed).
+pub fn check_box(img: &RgbImage, b: [f32; 4]) -> Result<(), TeacherError> {
+    let (w, h) = (img.width() as f32, img.height() as f32);
+    if w == 0.0 || h == 0.0 {
+        return Err(TeacherError::InvalidRequest("empty image".into()));
+    }
+    if b.iter().any(|v| !v.is_finite()) {
+        return Err(TeacherError::InvalidRequest(format!(
+            "box {b:?} is not finite"
+        )));
+    }
+    if b[2] <= b[0] || b[3] <= b[1] {
+        return Err(TeacherError::InvalidRequest(format!(
+            "box {b:?} has zero area"
+        )));
+    }
+    if b[0] < -0.5 || b[1] < -0.5 || b[2] > w + 0.5 || b[3] > h + 0.5 {
+        return Err(TeacherError::InvalidRequest(format!(
+            "box {b:?} lies outside the {w}x{h} image"
+        )));
+    }
+    Ok(())
+}
+
+/// The box scaled by `factor` about its centre, clipped to the image (ViLD's 1.5x context crop).
+pub fn scale_box(b: [f32; 4], factor: f32, width: u32, height: u32) -> [f32; 4] {
+    let cx = 0.5 * (b[0] + b[2]);
+    let cy = 0.5 * (b[1] + b[3]);
+    let hw = 0.5 * (b[2] - b[0]) * factor;
+    let hh = 0.5 * (b[3] - b[1]) * factor;
+    [
+        (cx - hw).max(0.0),
+        (cy - hh).max(0.0),
+        (cx + hw).min(width as f32),
+        (cy + hh).min(height as f32),
+    ]
+}
+
+/// PIL's bicubic filter (a = -0.5), support 2.
+fn bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// PIL's `precompute_coeffs` + `normalize_coeffs_8bpc`: per output index, the first input
+/// index and fixed-point weights.
+fn coeffs(in_size: usize, out_size: usize) -> (Vec<(usize, usize)>, Vec<i32>, usize) {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = 2.0 * filterscale;
+    let ksize = support.ceil() as usize * 2 + 1;
+    let mut bounds = Vec::with_capacity(out_size);
+    let mut kk = vec![0i32; out_size * ksize];
+    for xx in 0..out_size {
+        let center = (xx as f64 + 0.5) * scale;
+        let ss = 1.0 / filterscale;
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let n = xmax - xmin;
+        let mut w = vec![0.0f64; n];
+        let mut ww = 0.0;
+        for (x, wx) in w.iter_mut().enumerate() {
+            *wx = bicubic((x as f64 + xmin as f64 - center + 0.5) * ss);
+            ww += *wx;
+        }
+        for (x, wx) in w.iter().enumerate() {
+            let v = if ww != 0.0 { wx / ww } else { *wx };
+            let f = v * (1u64 << PRECISION_BITS) as f64;
+            kk[xx * ksize + x] = if v < 0.0 {
+                (-0.5 + f) as i32
+            } else {
+                (0.5 + f) as i32
+            };
+        }
+        bounds.push((xmin, n));
+    }
+    (bounds, kk, ksize)
+}
+
+fn clip8(v: i64) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Resizes an RGB image bicubically exactly as Pillow's `Image.resize(..., BICUBIC)` does for
+/// 8-bit images: separable fixed-point convolution with an antialiasing support, horizontal
+/// pass first, rounding to 8 bits between passes.
+pub fn pil_resize_bicubic(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
+    let (in_w, in_h) = (img.width() as usize, img.height() as usize);
+    let (ow, oh) = (out_w as usize, out_h as usize);
+    let src = img.as_raw();
+    let (hb, hk, hks) = coeffs(in_w, ow);
+    let (vb, vk, vks) = coeffs(in_h, oh);
+    let need_h = ow != in_w;
+    let need_v = oh != in_h;
+    // Rows of the source the vertical pass reads.
+    let (y_first, y_last) = if need_v {
+        (vb[0].0, vb[oh - 1].0 + vb[oh - 1].1)
+    } else {
+        (0, in_h)
+    };
+    let (tmp, tmp_h) = if need_h {
+        let rows = y_last - y_first;
+        let mut t = vec![0u8; rows * ow * 3];
+        for y in 0..rows {
+            let row = &src[(y + y_first) * in_w * 3..(y + y_first + 1) * in_w * 3];
+            for (xx, &(xmin, n)) in hb.iter().enumerate() {
+                let k = &hk[xx * hks..xx * hks + n];
+                for c in 0..3 {
+                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+                    for (x, &kx) in k.iter().enumerate() {
+                        ss += row[(xmin + x) * 3 + c] as i64 * kx as i64;
+                    }
+                    t[(y * ow + xx) * 3 + c] = clip8(ss);
+                }
+            }
+        }
+        (t, rows)
+    } else {
+        (
+            src[y_first * in_w * 3..y_last * in_w * 3].to_vec(),
+            y_last - y_first,
+        )
+    };
+    let _ = tmp_h;
+    let out = if need_v {
+        let mut o = vec![0u8; oh * ow * 3];
+        for (yy, &(ymin, n)) in vb.iter().enumerate() {
+            let k = &vk[yy * vks..yy * vks + n];
+            let ymin = ymin - y_first;
+            for x in 0..ow {
+                for c in 0..3 {
+                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+                    for (y, &ky) in k.iter().enumerate() {
+                        ss += tmp[((ymin + y) * ow + x) * 3 + c] as i64 * ky as i64;
+                    }
+                    o[(yy * ow + x) * 3 + c] = clip8(ss);
+                }
+            }
+        }
+        o
+    } else {
+        tmp
+    };
+    RgbImage::from_raw(out_w, out_h, out).expect("sizes match")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 5 % 256) as u8,
+                ((x + y) * 3 % 256) as u8,
+            ])
+        })
+    }
+
+    #[test]
+    fn scale_box_about_centre_and_clip() {
+        assert_eq!(
+            scale_box([10.0, 10.0, 20.0, 30.0], 1.5, 100, 100),
+            [7.5, 5.0, 22.5, 35.0]
+        );
+        assert_eq!(
+            scale_box([0.0, 0.0, 20.0, 10.0], 1.5, 100, 100),
+            [0.0, 0.0, 25.0, 12.5]
+        );
+        assert_eq!(
+            scale_box([90.0, 90.0, 100.0, 100.0], 1.5, 100, 100),
+            [87.5, 87.5, 100.0, 100.0]
+        );
+    }
+
+    #[test]
+    fn crop_of_whole_image_at_its_size_is_the_image() {
+        let img = gradient(16, 16);
+        let p = PreprocessConfig::clip(16);
+        let a = p.crop(&img, [0.0, 0.0, 16.0, 16.0]).unwrap();
+        let b = p.resize_to(&img, 16, 16).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn crop_samples_the_box_not_the_image() {
+        // Left half black, right half white: a crop of the right half is all white.
+        let img = RgbImage::from_fn(20, 10, |x, _| {
+            if x < 10 {
+                image::Rgb([0, 0, 0])
+            } else {
+                image::Rgb([255, 255, 255])
+            }
+        });
+        let p = PreprocessConfig {
+            size: 8,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
+        let v = p.crop(&img, [10.0, 0.0, 20.0, 10.0]).unwrap();
+        assert!(v.iter().all(|&x| (x - 1.0).abs() < 1e-6), "{v:?}");
+        let v = p.crop(&img, [0.0, 0.0, 10.0, 10.0]).unwrap();
+        assert!(v.iter().all(|&x| x.abs() < 1e-6));
+    }
+
+    #[test]
+    fn bad_boxes_are_rejected() {
+        let img = gradient(10, 10);
+        let p = PreprocessConfig::clip(4);
+        assert!(p.crop(&img, [2.0, 2.0, 2.0, 5.0]).is_err());
+        assert!(p.crop(&img, [2.0, 2.0, 12.0, 5.0]).is_err());
+        assert!(p.crop(&img, [f32::NAN, 2.0, 3.0, 5.0]).is_err());
+        assert!(p.crop(&RgbImage::new(0, 0), [0.0, 0.0, 1.0, 1.0]).is_err());
+    }
+
+    #[test]
+    fn pil_resize_matches_pillow_exactly() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pil_bicubic.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let bytes = |x: &serde_json::Value| -> Vec<u8> {
+            x.as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+                .collect()
+        };
+        let img = RgbImage::from_raw(
+            v["width"].as_u64().unwrap() as u32,
+            v["height"].as_u64().unwrap() as u32,
+            bytes(&v["rgb"]),
+        )
+        .unwrap();
+        for case in v["cases"].as_array().unwrap() {
+            let (w, h) = (
+                case["width"].as_u64().unwrap() as u32,
+                case["height"].as_u64().unwrap() as u32,
+            );
+            let ours = pil_resize_bicubic(&img, w, h);
+            assert_eq!(ours.as_raw(), &bytes(&case["rgb"]), "{w}x{h}");
+        }
+    }
+
+    #[test]
+    fn pil_resize_keeps_constant_images_and_sizes() {
+        let img = RgbImage::from_pixel(37, 23, image::Rgb([10, 200, 77]));
+        let r = pil_resize_bicubic(&img, 16, 11);
+        assert_eq!(r.dimensions(), (16, 11));
+        assert!(r.pixels().all(|p| p.0 == [10, 200, 77]));
+        let p = PreprocessConfig::clip(8);
+        let v = p.image(&gradient(30, 20)).unwrap();
+        assert_eq!(v.len(), 3 * 64);
+    }
+}
