@@ -38,6 +38,17 @@ enum Command {
     Eval(cli::eval::EvalCommand),
     /// The CLIP teacher: parity checks, tokenizer, pre-training, zero-shot eval, region cache.
     Teacher(cli::teacher::TeacherCommand),
+    /// Train a student.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Predict with a trained student: label maps and overlays for any class names.
+    Predict(cli::predict_seg::PredictArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum TrainCommand {
+    /// The segmenter: LSeg with MaskCLIP+ pseudo-labels and self-training, then mIoU.
+    Segmenter(cli::train_segmenter::TrainSegmenterArgs),
 }
 
 fn main() {
@@ -58,6 +69,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Data(cmd) => cli::data::run(&ctx, cmd),
         Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
         Command::Teacher(cmd) => cli::teacher::run(&ctx, cmd),
+        Command::Train(TrainCommand::Segmenter(args)) => cli::train_segmenter::run(&ctx, args),
+        Command::Predict(args) => cli::predict_seg::run(&ctx, args),
     }
 }
 

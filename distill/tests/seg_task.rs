@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use image::{Rgb, RgbImage};
 use ovkd_backbone::ResNetConfig;
@@ -95,8 +96,10 @@ impl DenseTeacher for ColourTeacher {
                         }
                     }
                 }
-                let embeds =
-                    Tensor::<3>::from_data(TensorData::new(e.clone(), [D, g, g]), &Device::default());
+                let embeds = Tensor::<3>::from_data(
+                    TensorData::new(e.clone(), [D, g, g]),
+                    &Device::default(),
+                );
                 let keys = embeds.clone();
                 DenseMaps { embeds, keys }
             })
@@ -119,7 +122,11 @@ fn scene(dir: &Path, name: &str, novel_green: bool) -> (PathBuf, PathBuf) {
         for y in y0..y0 + 12 {
             for x in x0..x0 + 12 {
                 img.put_pixel(x, y, Rgb(rgb));
-                let v = if class == 3 && novel_green { 255 } else { class };
+                let v = if class == 3 && novel_green {
+                    255
+                } else {
+                    class
+                };
                 lab.set(x as usize, y as usize, v);
             }
         }
@@ -131,7 +138,12 @@ fn scene(dir: &Path, name: &str, novel_green: bool) -> (PathBuf, PathBuf) {
     (ip, lp)
 }
 
+/// The device's random generator is shared by the tests running in parallel: seeding and
+/// initialising happen under one lock so that every call builds the same weights.
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn tiny_model(device: &Device) -> Segmenter {
+    let _guard = INIT.lock().unwrap();
     device.seed(11);
     SegmenterConfig {
         backbone: ResNetConfig {
@@ -238,10 +250,19 @@ fn a_tiny_segmenter_overfits_one_image() {
         },
     )
     .unwrap();
-    let out = train(&train_cfg(60), dir.path().join("run").as_path(), model, &quiet(), task)
-        .unwrap();
+    let out = train(
+        &train_cfg(60),
+        dir.path().join("run").as_path(),
+        model,
+        &quiet(),
+        task,
+    )
+    .unwrap();
     let after = miou(&out.model, &[ip], &[lp], classes);
-    assert!(after > 0.8 && after > before + 0.3, "mIoU {before} -> {after}");
+    assert!(
+        after > 0.8 && after > before + 0.3,
+        "mIoU {before} -> {after}"
+    );
 }
 
 /// Pseudo-labels from the colour teacher fill exactly the unlabelled (green) pixels, with the
@@ -257,7 +278,9 @@ fn teacher_pseudo_labels_fill_only_unlabelled_pixels() {
         keys: feats.keys(0, &Device::default()),
     };
     let gt = SemanticMask::read(&lp).unwrap();
-    let cand = teacher.class_embeds(&names(&["green", "red"]), &[]).unwrap();
+    let cand = teacher
+        .class_embeds(&names(&["green", "red"]), &[])
+        .unwrap();
     let cfg = PseudoLabelConfig {
         threshold: 0.9,
         maskclip: MaskClipConfig {
@@ -271,7 +294,10 @@ fn teacher_pseudo_labels_fill_only_unlabelled_pixels() {
     let mut filled = 0;
     for (i, (&p, &g)) in map.iter().zip(gt.as_slice()).enumerate() {
         if g != 255 {
-            assert_eq!(p, NO_LABEL, "pixel {i} is labelled ({g}) but got a pseudo-label");
+            assert_eq!(
+                p, NO_LABEL,
+                "pixel {i} is labelled ({g}) but got a pseudo-label"
+            );
         } else if p != NO_LABEL {
             assert_eq!(p, 3, "pixel {i}");
             filled += 1;
@@ -291,12 +317,7 @@ fn teacher_pseudo_labels_fill_only_unlabelled_pixels() {
     );
 }
 
-fn self_training_task(
-    ip: &Path,
-    lp: &Path,
-    pseudo: Arc<Vec<Vec<u8>>>,
-    device: &Device,
-) -> SegTask {
+fn self_training_task(ip: &Path, lp: &Path, pseudo: Arc<Vec<Vec<u8>>>, device: &Device) -> SegTask {
     let teacher = ColourTeacher;
     let classes = teacher
         .class_embeds(&names(&["red", "blue", "green"]), &[])
@@ -386,14 +407,20 @@ fn self_training_switches_at_its_step_and_survives_resume() {
 
     let a = std::fs::read_to_string(full_dir.join("metrics.csv")).unwrap();
     let b = std::fs::read_to_string(split_dir.join("metrics.csv")).unwrap();
-    assert_eq!(column(&a, "self_training"), vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+    assert_eq!(
+        column(&a, "self_training"),
+        vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    );
     assert_eq!(column(&a, "self_training"), column(&b, "self_training"));
     // Teacher steps label every unlabelled pixel.
     assert_eq!(column(&a, "pseudo_frac")[..3], [1.0, 1.0, 1.0]);
     for name in ["loss_lseg", "loss_pseudo", "pseudo_frac"] {
         let (x, y) = (column(&a, name), column(&b, name));
         for (s, (p, q)) in x.iter().zip(&y).enumerate() {
-            assert!((p - q).abs() <= 1e-6 * p.abs().max(1.0), "{name} step {s}: {p} vs {q}");
+            assert!(
+                (p - q).abs() <= 1e-6 * p.abs().max(1.0),
+                "{name} step {s}: {p} vs {q}"
+            );
         }
     }
 }

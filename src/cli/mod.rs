@@ -3,7 +3,9 @@
 pub mod data;
 pub mod eval;
 pub mod info;
+pub mod predict_seg;
 pub mod teacher;
+pub mod train_segmenter;
 
 use crate::device::DeviceSpec;
 

@@ -106,7 +106,8 @@ impl TeacherFeatures {
         let views = vec![
             (
                 "embeds",
-                TensorView::new(Dtype::F16, vec![self.n, self.dim, h, w], &eb).map_err(cache_err)?,
+                TensorView::new(Dtype::F16, vec![self.n, self.dim, h, w], &eb)
+                    .map_err(cache_err)?,
             ),
             (
                 "keys",
@@ -253,7 +254,12 @@ mod tests {
     fn round_trips_through_the_file_and_checks_the_key() {
         let device = Device::default();
         let m = maps(3, &device);
-        let want = m[1].embeds.clone().into_data().try_into_vec::<f32>().unwrap();
+        let want = m[1]
+            .embeds
+            .clone()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
         let f = TeacherFeatures::from_maps(m).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dense.safetensors");
@@ -261,7 +267,11 @@ mod tests {
         assert!(TeacherFeatures::load(&path, "other").unwrap().is_none());
         let g = TeacherFeatures::load(&path, "k1").unwrap().unwrap();
         assert_eq!((g.n, g.dim, g.key_dim, g.grid), (3, 3, 5, [2, 4]));
-        let got = g.embeds(1, &device).into_data().try_into_vec::<f32>().unwrap();
+        let got = g
+            .embeds(1, &device)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-3, "{a} vs {b}");
         }

@@ -38,7 +38,11 @@ impl SegTrainSet {
 
     /// Adds pseudo-label maps (one per pair).
     pub fn with_pseudo(mut self, maps: Arc<Vec<Vec<u8>>>) -> Self {
-        assert_eq!(maps.len(), self.pairs.len(), "one pseudo-label map per image");
+        assert_eq!(
+            maps.len(),
+            self.pairs.len(),
+            "one pseudo-label map per image"
+        );
         self.pseudo = Some(maps);
         self
     }

@@ -29,7 +29,10 @@ pub struct LabelMap {
 /// Normalised pixels `[1, 3, H, W]` of an image.
 pub fn image_tensor(img: &RgbImage, mean: [f32; 3], std: [f32; 3], device: &Device) -> Tensor<4> {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    Tensor::from_data(TensorData::new(normalise(img, mean, std), [1, 3, h, w]), device)
+    Tensor::from_data(
+        TensorData::new(normalise(img, mean, std), [1, 3, h, w]),
+        device,
+    )
 }
 
 /// Runs `model` over `images` (consecutive images of equal size in batches of up to `batch`)
@@ -78,8 +81,7 @@ pub fn student_label_maps(
         let [b, _, h, w] = logits.dims();
         let pred = logits
             .argmax(1)
-            .into_data()
-            .try_into_vec::<i64>()
+            .try_into_vec_as::<i64>()
             .map_err(|e| SegError::Teacher(format!("reading predictions: {e:?}")))?;
         for i in 0..b {
             let labels = pred[i * h * w..(i + 1) * h * w]
@@ -117,13 +119,16 @@ pub fn teacher_label_map(
     if values.len() != k + 1 {
         return Err(SegError::Config {
             field: "values".into(),
-            reason: format!("{} label values for {} classes and background", values.len(), k),
+            reason: format!(
+                "{} label values for {} classes and background",
+                values.len(),
+                k
+            ),
         });
     }
     let read = |t: Tensor<4>| -> Result<Vec<i64>, SegError> {
         t.argmax(1)
-            .into_data()
-            .try_into_vec::<i64>()
+            .try_into_vec_as::<i64>()
             .map_err(|e| SegError::Teacher(format!("reading label maps: {e:?}")))
     };
     let up = |t: Tensor<3>| {

@@ -53,10 +53,17 @@ mod tests {
     fn l1_and_cosine_over_valid_positions() {
         let device = Device::default();
         // D = 2, two positions: equal at 0, orthogonal at 1.
-        let s = Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 1.0, 0.0, 0.0], [1, 2, 1, 2]), &device);
-        let t = Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [1, 2, 1, 2]), &device);
+        let s = Tensor::<4>::from_data(
+            TensorData::new(vec![1.0f32, 1.0, 0.0, 0.0], [1, 2, 1, 2]),
+            &device,
+        );
+        let t = Tensor::<4>::from_data(
+            TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [1, 2, 1, 2]),
+            &device,
+        );
         let both = Tensor::<4>::ones([1, 1, 1, 2], &device);
-        let first = Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 0.0], [1, 1, 1, 2]), &device);
+        let first =
+            Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 0.0], [1, 1, 1, 2]), &device);
         let l1 = feature_distill_loss(s.clone(), t.clone(), both.clone(), FeatureLoss::L1);
         assert_eq!(l1.into_scalar::<f32>(), 1.0); // (0 + 2) / 2
         let cos = feature_distill_loss(s.clone(), t.clone(), both, FeatureLoss::Cosine);

@@ -18,7 +18,9 @@ pub const IGNORE: i64 = 255;
 /// false); `mask` `[B, H, W]`. Returns `[1]`.
 pub fn nll_sum(logits: Tensor<4>, targets: Tensor<3, Int>, mask: Tensor<3, Bool>) -> Tensor<1> {
     let [b, c, h, w] = logits.dims();
-    let safe = targets.mask_fill(mask.clone().bool_not(), 0).clamp(0, c as i64 - 1);
+    let safe = targets
+        .mask_fill(mask.clone().bool_not(), 0)
+        .clamp(0, c as i64 - 1);
     let logp = log_softmax(logits, 1)
         .gather(1, safe.reshape([b, 1, h, w]))
         .reshape([b, h, w]);
@@ -49,14 +51,17 @@ mod tests {
         );
         let targets =
             Tensor::<3, Int>::from_data(TensorData::new(vec![0i64, 255], [1, 1, 2]), &device);
-        let got = cross_entropy_ignore(logits.clone(), targets)
-            .into_scalar::<f32>();
-        let lse = (1f32.exp() + 0f32.exp()).ln();
+        let got = cross_entropy_ignore(logits.clone(), targets).into_scalar::<f32>();
+        // Pixel 0's logits are (1, 2, 0.5) (layout [B, C, H, W]).
+        let lse = (1f32.exp() + 2f32.exp() + 0.5f32.exp()).ln();
         assert!((got - (lse - 1.0)).abs() < 1e-5, "{got}");
         // Changing the ignored pixel's logits changes nothing.
         let other = logits.clone().slice_assign(
             [0..1, 0..3, 0..1, 1..2],
-            Tensor::from_data(TensorData::new(vec![9.0f32, -9.0, 3.0], [1, 3, 1, 1]), &device),
+            Tensor::from_data(
+                TensorData::new(vec![9.0f32, -9.0, 3.0], [1, 3, 1, 1]),
+                &device,
+            ),
         );
         let targets =
             Tensor::<3, Int>::from_data(TensorData::new(vec![0i64, 255], [1, 1, 2]), &device);
@@ -72,14 +77,20 @@ mod tests {
             &device,
         )
         .require_grad();
-        let none = Tensor::<3, Int>::from_data(TensorData::new(vec![255i64, 255], [1, 1, 2]), &device);
+        let none =
+            Tensor::<3, Int>::from_data(TensorData::new(vec![255i64, 255], [1, 1, 2]), &device);
         assert_eq!(
             cross_entropy_ignore(logits.clone(), none).into_scalar::<f32>(),
             0.0
         );
         let t = Tensor::<3, Int>::from_data(TensorData::new(vec![1i64, 255], [1, 1, 2]), &device);
         let grads = cross_entropy_ignore(logits.clone(), t).backward();
-        let g = logits.grad(&grads).unwrap().into_data().try_into_vec::<f32>().unwrap();
+        let g = logits
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
         // Layout [c0p0, c0p1, c1p0, c1p1]: the ignored pixel p1 has zero gradient.
         assert_eq!(g[1], 0.0);
         assert_eq!(g[3], 0.0);

@@ -77,7 +77,9 @@ pub fn prompt_denoise(logits: Tensor<2>, threshold: f64) -> Tensor<2> {
 /// weighted by the (non-negative part of the) cosine similarity of their keys.
 pub fn key_smooth(probs: Tensor<2>, keys: Tensor<2>, threshold: f64) -> Tensor<2> {
     let [c, n] = probs.dims();
-    let kn = keys.clone().div(keys.square().sum_dim(0).sqrt().clamp_min(1e-6)); // [Dk, N]
+    let kn = keys
+        .clone()
+        .div(keys.square().sum_dim(0).sqrt().clamp_min(1e-6)); // [Dk, N]
     let weight = kn.clone().transpose().matmul(kn).clamp_min(0.0); // [N, N]
     let smoothed = probs.clone().matmul(weight.transpose()); // [C, N]
     let smoothed = smoothed.clone().div(smoothed.sum_dim(0).clamp_min(1e-12));
@@ -130,7 +132,10 @@ mod tests {
             &device,
         );
         let classes = t2(vec![1.0, 0.0, 0.6, 0.8], [2, 2]);
-        let s = dense_cosine(embeds, classes).into_data().try_into_vec::<f32>().unwrap();
+        let s = dense_cosine(embeds, classes)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
         // [C=2, h=1, w=2]: patch 0 = (1, 0), patch 1 = (0, 1).
         assert_eq!(s, vec![1.0, 0.0, 0.6, 0.8]);
     }
@@ -146,7 +151,10 @@ mod tests {
         assert!(out[4] < 1e-6 && out[5] < 1e-6);
         assert!((out[0] - 1.0).abs() < 1e-5 && (out[1] - 1.0).abs() < 1e-5);
         // With an impossible threshold, the most confident class still survives.
-        let out = vec2(softmax(prompt_denoise(t2(vec![1.0, 0.0, 0.0, 1.0], [2, 2]), 2.0), 0));
+        let out = vec2(softmax(
+            prompt_denoise(t2(vec![1.0, 0.0, 0.0, 1.0], [2, 2]), 2.0),
+            0,
+        ));
         assert!(out.iter().all(|v| v.is_finite()));
     }
 

@@ -124,12 +124,23 @@ pub fn teacher_pseudo_map(
     let targets: Vec<i64> = gt.as_slice().iter().map(|&v| v as i64).collect();
     let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [1, h, w]), &device);
     let (labels, filled) = fill_unlabelled(targets, probs, values, cfg.threshold);
-    let labels = labels.into_data().try_into_vec::<i64>().unwrap_or_default();
-    let filled = filled.into_data().try_into_vec::<bool>().unwrap_or_default();
+    let labels = labels
+        .try_into_vec_as::<i64>()
+        .expect("an int tensor reads as i64");
+    let filled = filled
+        .int()
+        .try_into_vec_as::<i64>()
+        .expect("an int tensor reads as i64");
     labels
         .iter()
         .zip(&filled)
-        .map(|(&l, &f)| if f { l.clamp(0, 254) as u8 } else { NO_LABEL })
+        .map(|(&l, &f)| {
+            if f != 0 {
+                l.clamp(0, 254) as u8
+            } else {
+                NO_LABEL
+            }
+        })
         .collect()
 }
 
@@ -142,8 +153,10 @@ mod tests {
     fn only_unlabelled_pixels_are_filled_and_only_when_confident() {
         let device = Device::default();
         // Four pixels: labelled 3, unlabelled (confident), unlabelled (unsure), labelled 0.
-        let targets =
-            Tensor::<3, Int>::from_data(TensorData::new(vec![3i64, 255, 255, 0], [1, 1, 4]), &device);
+        let targets = Tensor::<3, Int>::from_data(
+            TensorData::new(vec![3i64, 255, 255, 0], [1, 1, 4]),
+            &device,
+        );
         // Two candidates with label values 7 and 9.
         let probs = Tensor::<4>::from_data(
             TensorData::new(
@@ -153,13 +166,13 @@ mod tests {
             &device,
         );
         let (out, filled) = fill_unlabelled(targets.clone(), probs.clone(), &[7, 9], 0.6);
-        let out = out.into_data().try_into_vec::<i64>().unwrap();
+        let out = out.try_into_vec_as::<i64>().unwrap();
         assert_eq!(out, vec![3, 9, 255, 0]);
-        let filled = filled.into_data().try_into_vec::<bool>().unwrap();
-        assert_eq!(filled, vec![false, true, false, false]);
+        let filled = filled.int().try_into_vec_as::<i64>().unwrap();
+        assert_eq!(filled, vec![0, 1, 0, 0]);
         // A threshold of 0.5 lets the unsure pixel through with its best candidate.
         let (out, _) = fill_unlabelled(targets, probs, &[7, 9], 0.5);
-        assert_eq!(out.into_data().try_into_vec::<i64>().unwrap(), vec![3, 9, 7, 0]);
+        assert_eq!(out.try_into_vec_as::<i64>().unwrap(), vec![3, 9, 7, 0]);
     }
 
     #[test]

@@ -141,10 +141,19 @@ impl SegTask {
         if inputs.class_values.len() != k {
             return Err(bad(
                 "class_values",
-                format!("{} values for {k} class embeddings", inputs.class_values.len()),
+                format!(
+                    "{} values for {k} class embeddings",
+                    inputs.class_values.len()
+                ),
             ));
         }
-        let max = inputs.class_values.iter().copied().max().unwrap_or(0).max(0) as usize;
+        let max = inputs
+            .class_values
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(0) as usize;
         let mut channel_of = vec![IGNORE; max + 1];
         channel_of[0] = 0;
         for (i, &v) in inputs.class_values.iter().enumerate() {

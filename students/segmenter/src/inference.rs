@@ -96,9 +96,8 @@ pub fn slide_logits(
             let logits = whole_logits(model, crop, class_embeds.clone());
             let pad = (x0, w - x1, y0, h - y1);
             sum = sum.add(logits.pad(pad, 0.0f32));
-            count = count.add(
-                Tensor::<4>::ones([1, 1, y1 - y0, x1 - x0], &device).pad(pad, 0.0f32),
-            );
+            count =
+                count.add(Tensor::<4>::ones([1, 1, y1 - y0, x1 - x0], &device).pad(pad, 0.0f32));
         }
     }
     sum.div(count)
@@ -141,7 +140,10 @@ mod tests {
 
     #[test]
     fn windows_cover_the_axis_like_mmsegmentation() {
-        assert_eq!(window_starts(100, 64, 32), vec![(0, 64), (32, 96), (36, 100)]);
+        assert_eq!(
+            window_starts(100, 64, 32),
+            vec![(0, 64), (32, 96), (36, 100)]
+        );
         assert_eq!(window_starts(64, 64, 32), vec![(0, 64)]);
         assert_eq!(window_starts(40, 64, 32), vec![(0, 40)]);
     }
@@ -202,7 +204,8 @@ mod tests {
             .validate()
             .is_err()
         );
-        let m: InferenceMode = toml::from_str("mode = \"slide\"\nwindow = 64\nstride = 32").unwrap();
+        let m: InferenceMode =
+            toml::from_str("mode = \"slide\"\nwindow = 64\nstride = 32").unwrap();
         assert_eq!(
             m,
             InferenceMode::Slide {

@@ -7,7 +7,7 @@
 //! caller. Index `k >= 1` is row `k - 1` of the class embeddings, so with OV-Shapes' classes in
 //! id order the argmax is the label value directly.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 use ovkd_backbone::{ResNet, ResNetConfig};
 use serde::{Deserialize, Serialize};
@@ -104,17 +104,26 @@ impl SegmenterConfig {
     /// Builds the segmenter; the background embedding starts random (normal) and trainable.
     pub fn init(&self, device: &Device) -> Result<Segmenter, SegmenterError> {
         self.validate()?;
-        let background = Tensor::<2>::random(
-            [1, self.embed_dim],
-            Distribution::Normal(0.0, 1.0),
-            device,
-        );
-        Ok(Segmenter {
+        let background =
+            Tensor::<2>::random([1, self.embed_dim], Distribution::Normal(0.0, 1.0), device);
+        let model = Segmenter {
             body: self.backbone.init(device)?,
             decoder: self.decoder().init(device)?,
             background: Param::from_tensor(background),
             temperature: self.temperature,
-        })
+        };
+        // Burn draws a parameter's initial values on its first use; draw them all now, so that
+        // seeding the device right before `init` is enough for reproducible weights.
+        model.visit(&mut Materialise);
+        Ok(model)
+    }
+}
+
+struct Materialise;
+
+impl ModuleVisitor for Materialise {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
     }
 }
 
@@ -149,7 +158,7 @@ impl Segmenter {
     pub fn with_fixed_background(mut self, embed: Tensor<1>) -> Self {
         let [d] = embed.dims();
         let device = self.background.val().device();
-        let t = Tensor::<2>::from_data(embed.into_data(), &device).reshape([1, d]);
+        let t = Tensor::<1>::from_data(embed.into_data(), &device).reshape([1, d]);
         self.background = Param::from_tensor(t).set_require_grad(false);
         self
     }
@@ -169,7 +178,9 @@ impl Segmenter {
     /// `[K, D]` (already normalised, frozen text embeddings): `[K + 1, D]`.
     pub fn label_embeds(&self, class_embeds: Tensor<2>) -> Tensor<2> {
         let bg = self.background.val();
-        let bg = bg.clone().div(bg.square().sum_dim(1).sqrt().clamp_min(1e-6));
+        let bg = bg
+            .clone()
+            .div(bg.square().sum_dim(1).sqrt().clamp_min(1e-6));
         let device = bg.device();
         // Text embeddings made on another (plain) device enter the graph as constants.
         let classes = Tensor::<2>::from_data(class_embeds.into_data(), &device);
@@ -179,7 +190,11 @@ impl Segmenter {
     /// Cosine logits at the embeddings' resolution: pixel embeddings `[B, D, h, w]` and
     /// class embeddings `[K, D]` → `[B, K + 1, h, w]` (background first), divided by the
     /// temperature.
-    pub fn logits_from_embeds(&self, pixel_embeds: Tensor<4>, class_embeds: Tensor<2>) -> Tensor<4> {
+    pub fn logits_from_embeds(
+        &self,
+        pixel_embeds: Tensor<4>,
+        class_embeds: Tensor<2>,
+    ) -> Tensor<4> {
         let [b, d, h, w] = pixel_embeds.dims();
         let labels = self.label_embeds(class_embeds);
         let [k1, dl] = labels.dims();
@@ -345,6 +360,11 @@ mod tests {
             temperature: 0.0,
             ..SegmenterConfig::default()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("temperature"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("temperature")
+        );
     }
 }
