@@ -326,6 +326,7 @@ fn self_training_task(ip: &Path, lp: &Path, pseudo: Arc<Vec<Vec<u8>>>, device: &
         self_train: SelfTrainConfig {
             after_step: Some(3),
             threshold: 0.3,
+            ..SelfTrainConfig::default()
         },
         ..SegDistillConfig::default()
     };

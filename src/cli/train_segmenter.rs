@@ -511,7 +511,7 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
 
     // The training label set: background, the base classes, and the novel ones when something
     // will label their pixels.
-    let with_novel = cfg.distill.pseudo.enabled || cfg.distill.self_train.after_step.is_some();
+    let with_novel = cfg.distill.pseudo.enabled || cfg.distill.self_train.start().is_some();
     let train_rows: Vec<usize> = (0..classes.ids.len())
         .filter(|&i| with_novel || !classes.novel[i])
         .collect();

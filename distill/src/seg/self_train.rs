@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SelfTrainConfig {
+    /// Switch to self-training at all (false keeps `after_step` in the config but never
+    /// switches, for ablations).
+    #[serde(default = "yes")]
+    pub enabled: bool,
     /// The first step that uses the student's own predictions; absent for never.
     #[serde(default)]
     pub after_step: Option<usize>,
@@ -22,10 +26,14 @@ pub struct SelfTrainConfig {
 fn default_threshold() -> f64 {
     0.7
 }
+fn yes() -> bool {
+    true
+}
 
 impl Default for SelfTrainConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             after_step: None,
             threshold: default_threshold(),
         }
@@ -45,9 +53,14 @@ pub enum PseudoSource {
 }
 
 impl SelfTrainConfig {
+    /// The step self-training starts at, if it does.
+    pub fn start(&self) -> Option<usize> {
+        self.after_step.filter(|_| self.enabled)
+    }
+
     /// The source at 0-based `step`, given whether teacher pseudo-labels are enabled.
     pub fn source_at(&self, step: usize, teacher_labels: bool) -> PseudoSource {
-        match self.after_step {
+        match self.start() {
             Some(n) if step >= n => PseudoSource::Student,
             _ if teacher_labels => PseudoSource::Teacher,
             _ => PseudoSource::None,
@@ -63,7 +76,7 @@ mod tests {
     fn switches_at_the_configured_step() {
         let c = SelfTrainConfig {
             after_step: Some(5),
-            threshold: 0.7,
+            ..SelfTrainConfig::default()
         };
         assert_eq!(c.source_at(4, true), PseudoSource::Teacher);
         assert_eq!(c.source_at(5, true), PseudoSource::Student);
@@ -71,5 +84,10 @@ mod tests {
         assert_eq!(c.source_at(9, false), PseudoSource::Student);
         let never = SelfTrainConfig::default();
         assert_eq!(never.source_at(1_000_000, true), PseudoSource::Teacher);
+        let off = SelfTrainConfig {
+            enabled: false,
+            ..c
+        };
+        assert_eq!(off.source_at(9, true), PseudoSource::Teacher);
     }
 }

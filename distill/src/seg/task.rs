@@ -177,7 +177,7 @@ impl SegTask {
                 }
             }
         }
-        let uses_pseudo = cfg.pseudo.enabled || cfg.self_train.after_step.is_some();
+        let uses_pseudo = cfg.pseudo.enabled || cfg.self_train.start().is_some();
         if uses_pseudo && candidate_channels.is_empty() {
             return Err(bad(
                 "distill.pseudo.candidates",
@@ -388,12 +388,12 @@ impl crate::train::TrainTask<Segmenter> for SegTask {
     }
 
     fn extra_state(&self) -> serde_json::Value {
-        serde_json::json!({ "self_train_after": self.cfg.self_train.after_step })
+        serde_json::json!({ "self_train_after": self.cfg.self_train.start() })
     }
 
     fn restore(&mut self, extra: &serde_json::Value) {
         let saved = extra.get("self_train_after").and_then(|v| v.as_u64());
-        let now = self.cfg.self_train.after_step.map(|s| s as u64);
+        let now = self.cfg.self_train.start().map(|s| s as u64);
         if saved != now {
             tracing::warn!(
                 "the checkpoint was trained with self_train.after_step = {saved:?}, this run has {now:?}"
