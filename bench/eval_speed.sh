@@ -12,7 +12,7 @@
 # Targets (issue 9): ovkd <= 1/3 of faster-coco-eval's time, <= 1/20 of pycocotools', peak RSS
 # < 1.5 GiB.
 #
-# Usage: bench/eval_speed.sh            (OUT=target/eval_bench RUNS=3 by default)
+# Usage: bench/eval_speed.sh            (OUT=target/eval_bench RUNS=3 by default; NO_BUILD=1)
 # Needs: pip install pycocotools faster-coco-eval numpy
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,10 @@ if [ ! -f "$CASE/dets.json" ]; then
     echo "making the case in $CASE ..."
     python3 bench/reference/make_coco_case.py "$OUT" 3 --big
 fi
-cargo build --release -p ovkd
+# NO_BUILD=1 reuses an existing release binary (the shared build directory may be busy).
+if [ -z "${NO_BUILD:-}" ] || [ ! -x target/release/ovkd ]; then
+    cargo build --release -p ovkd
+fi
 BIN=target/release/ovkd
 
 # wall seconds and peak RSS (MiB) from a /usr/bin/time -v log

@@ -6,6 +6,8 @@
 mod cli;
 mod config;
 mod device;
+mod pipeline;
+mod report;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -34,15 +36,23 @@ enum Command {
     /// (`show`), counts (`stats`) and COCO/LVIS/vocabulary checks (`validate`).
     #[command(subcommand)]
     Data(cli::data::DataCommand),
-    /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
-    Eval(cli::eval::EvalCommand),
     /// The CLIP teacher: parity checks, tokenizer, pre-training, zero-shot eval, region cache.
     Teacher(cli::teacher::TeacherCommand),
+    /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
+    Eval(cli::eval::EvalCommand),
     /// Train a student.
     #[command(subcommand)]
     Train(TrainCommand),
     /// Predict with a trained student: label maps and overlays for any class names.
     Predict(cli::predict_seg::PredictArgs),
+    /// Write an HTML (and Markdown) report of a run directory.
+    Report(cli::report::ReportArgs),
+    /// Run every stage of an experiment in one run directory (data, teacher, proposals,
+    /// students, eval, report), skipping stages whose inputs are unchanged.
+    Pipeline(cli::pipeline::PipelineArgs),
+    /// Run an experiment many times with keys varied and collect every run's metrics into one
+    /// table (Parquet, CSV, Markdown).
+    Sweep(cli::sweep::SweepArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -71,7 +81,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Teacher(cmd) => cli::teacher::run(&ctx, cmd),
         Command::Train(TrainCommand::Segmenter(args)) => cli::train_segmenter::run(&ctx, args),
         Command::Predict(args) => cli::predict_seg::run(&ctx, args),
+        Command::Report(a) => cli::report::run(&ctx, a),
+        Command::Pipeline(a) => cli::pipeline::run(&ctx, a),
+        Command::Sweep(a) => cli::sweep::run(&ctx, a),
     }
+}
+
+/// Runs `ovkd ARGS...` in this process with `ctx`'s device: the pipeline's stages are the
+/// commands a user would type.
+pub(crate) fn run_subcommand(ctx: &cli::Context, args: &[String]) -> Result<()> {
+    let mut argv = vec!["ovkd".to_string(), "--device".into(), ctx.device.name()];
+    argv.extend(args.iter().cloned());
+    tracing::info!("ovkd {}", args.join(" "));
+    let cli = Cli::try_parse_from(argv)?;
+    run(cli)
 }
 
 fn init_logging(verbose: u8) {

@@ -6,6 +6,9 @@ Writes into students/detector/tests/fixtures/:
   box_coder.json        torchvision.models.detection._utils.BoxCoder encode / decode
   matcher.json          torchvision.models.detection._utils.Matcher
   nms.json              torchvision.ops.nms / batched_nms
+  ../../backbone/tests/fixtures/torchvision_keys.json
+                        state-dict names and shapes of torchvision's resnet18 and of
+                        fasterrcnn_resnet50_fpn's backbone (body + fpn)
   multiscale_roi_align.safetensors
                         torchvision.ops.MultiScaleRoIAlign (levels P2..P5, float64 math,
                         stored float32) and the input gradients of sum(output * grad_output)
@@ -160,6 +163,28 @@ def multiscale_roi_align():
     print("wrote", path)
 
 
+def torchvision_backbone_keys():
+    # State-dict names and shapes of torchvision's backbones, for the name mapping of
+    # ovkd-backbone (students/backbone/tests/fixtures/torchvision_keys.json).
+    from torchvision.models import resnet18
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    def keys(sd, drop=()):
+        return {k: list(v.shape) for k, v in sd.items()
+                if not k.endswith("num_batches_tracked") and not k.startswith(drop)}
+
+    out = {
+        "resnet18": keys(resnet18().state_dict(), drop=("fc.",)),
+        "resnet50_fpn": keys(fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).backbone.state_dict()),
+    }
+    path = os.path.join(OUT, "..", "..", "..", "backbone", "tests", "fixtures", "torchvision_keys.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(out, f, indent=0, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    print("wrote", path)
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     print("torch", torch.__version__, "torchvision", torchvision.__version__)
@@ -168,3 +193,4 @@ if __name__ == "__main__":
     matcher()
     nms_cases()
     multiscale_roi_align()
+    torchvision_backbone_keys()

@@ -245,14 +245,16 @@ impl<'a> Parser<'a> {
         self.ws();
         let start = self.pos;
         let rest = &self.buf[start..];
-        for (lit, v) in [
-            (&b"NaN"[..], f64::NAN),
-            (&b"Infinity"[..], f64::INFINITY),
-            (&b"-Infinity"[..], f64::NEG_INFINITY),
-        ] {
-            if rest.starts_with(lit) {
-                self.pos += lit.len();
-                return Ok(Number::Float(v));
+        if matches!(rest.first(), Some(b'N' | b'I' | b'-')) {
+            for (lit, v) in [
+                (&b"NaN"[..], f64::NAN),
+                (&b"Infinity"[..], f64::INFINITY),
+                (&b"-Infinity"[..], f64::NEG_INFINITY),
+            ] {
+                if rest.starts_with(lit) {
+                    self.pos += lit.len();
+                    return Ok(Number::Float(v));
+                }
             }
         }
         let mut i = start;

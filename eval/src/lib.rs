@@ -16,6 +16,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod accumulate;
 pub mod coco_eval;
 pub mod det_report;

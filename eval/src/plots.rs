@@ -381,3 +381,120 @@ mod tests {
         }
     }
 }
+
+/// One named series of a line chart.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Legend text.
+    pub label: String,
+    /// Points `(x, y)` in drawing order; non-finite ones are skipped.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Writes a line chart of `series` to `path` (training curves in run reports), with a log
+/// y axis when `log_y` and every value is positive.
+pub fn plot_lines(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Series],
+    log_y: bool,
+) -> Result<()> {
+    let finite: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    let (x0, x1) = finite
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &(x, _)| {
+            (a.min(x), b.max(x))
+        });
+    let (y0, y1) = finite
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &(_, y)| {
+            (a.min(y), b.max(y))
+        });
+    let (x0, x1) = if x0.is_finite() && x1 > x0 {
+        (x0, x1)
+    } else {
+        (0.0, 1.0)
+    };
+    let (y0, y1) = if y0.is_finite() && y1 > y0 {
+        (y0, y1)
+    } else {
+        (0.0, 1.0)
+    };
+    let log_y = log_y && y0 > 0.0;
+    let palette = [
+        BASE_COLOR,
+        NOVEL_COLOR,
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        OTHER_COLOR,
+    ];
+    let title = title.to_string();
+    render(path, (800, 450), |root| {
+        let mut builder = ChartBuilder::on(root);
+        builder
+            .caption(title, (FAMILY, 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(65);
+        macro_rules! draw {
+            ($chart:expr) => {{
+                let mut chart = $chart;
+                chart
+                    .configure_mesh()
+                    .x_desc(x_desc)
+                    .y_desc(y_desc)
+                    .label_style((FAMILY, 13))
+                    .draw()
+                    .map_err(s)?;
+                for (i, ser) in series.iter().enumerate() {
+                    let color = palette[i % palette.len()];
+                    let pts: Vec<(f64, f64)> = ser
+                        .points
+                        .iter()
+                        .copied()
+                        .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_y || *y > 0.0))
+                        .collect();
+                    chart
+                        .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                        .map_err(s)?
+                        .label(ser.label.clone())
+                        .legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                        });
+                }
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .label_font((FAMILY, 13))
+                    .position(SeriesLabelPosition::UpperRight)
+                    .draw()
+                    .map_err(s)?;
+            }};
+        }
+        if log_y {
+            draw!(
+                builder
+                    .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
+                    .map_err(s)?
+            );
+        } else {
+            let pad = (y1 - y0) * 0.05;
+            draw!(
+                builder
+                    .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+                    .map_err(s)?
+            );
+        }
+        Ok(())
+    })
+}

@@ -3,7 +3,10 @@
 pub mod data;
 pub mod eval;
 pub mod info;
+pub mod pipeline;
 pub mod predict_seg;
+pub mod report;
+pub mod sweep;
 pub mod teacher;
 pub mod train_segmenter;
 

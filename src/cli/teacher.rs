@@ -255,13 +255,13 @@ fn run_pretrain(ctx: &Context, a: PretrainArgs) -> Result<()> {
     .with_context(|| format!("pre-training on {}", a.data.display()))?;
     bar.finish();
     println!(
-        "{} steps in {:.1} s, final loss {:.4}, temperature 1/{:.1}; {} pairs, {} object crops; saved to {}",
+        "{} steps in {:.1} s, final loss {:.4}, temperature 1/{:.1}; {} pairs ({} single-object); saved to {}",
         report.steps,
         report.seconds,
         report.final_loss,
         report.logit_scale,
         report.pairs,
-        report.objects,
+        report.single_object,
         a.out.display()
     );
     Ok(())
@@ -430,7 +430,7 @@ fn embed(ctx: &Context, a: EmbedArgs) -> Result<()> {
     let mine: Vec<_> = images
         .iter()
         .enumerate()
-        .filter(|(pos, img)| shard.owns(*pos) && !writer.is_done(img.id))
+        .filter(|(pos, img)| shard.owns(*pos) && !writer.is_done(img.id as i64))
         .map(|(_, img)| img.clone())
         .collect();
     println!(
@@ -451,18 +451,14 @@ fn embed(ctx: &Context, a: EmbedArgs) -> Result<()> {
         let rgb = load_rgb(&image_path(&a.split, &img.file_name))?;
         let (w, h) = (rgb.width() as f32, rgb.height() as f32);
         let boxes: Vec<[f32; 4]> = match &proposals {
-            Some(p) => p.get(&img.id).cloned().unwrap_or_default(),
+            Some(p) => p.get(&(img.id as i64)).cloned().unwrap_or_default(),
             None => coco
                 .annotations
                 .iter()
                 .filter(|x| x.image_id == img.id)
                 .map(|x| {
-                    [
-                        x.bbox[0],
-                        x.bbox[1],
-                        x.bbox[0] + x.bbox[2],
-                        x.bbox[1] + x.bbox[3],
-                    ]
+                    let b = x.bbox.map(|v| v as f32);
+                    [b[0], b[1], b[0] + b[2], b[1] + b[3]]
                 })
                 .collect(),
         };
@@ -487,7 +483,7 @@ fn embed(ctx: &Context, a: EmbedArgs) -> Result<()> {
             .convert::<f32>()
             .try_into_vec::<f32>()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        writer.add(img.id, &boxes, &v)?;
+        writer.add(img.id as i64, &boxes, &v)?;
         regions += boxes.len();
         if (n + 1) % a.flush_every.max(1) == 0 {
             writer.flush()?;

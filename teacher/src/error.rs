@@ -52,6 +52,9 @@ pub enum TeacherError {
     /// The batching service has stopped.
     #[error("the teacher service has stopped")]
     ServiceStopped,
+    /// Reading data through ovkd-data failed (vocabulary, COCO, image, atomic write).
+    #[error(transparent)]
+    Data(#[from] ovkd_data::Error),
     /// A tensor could not be read back from the device.
     #[error("tensor read: {0}")]
     TensorRead(String),

@@ -1,10 +1,11 @@
 //! Pre-training the built-in teacher: a small CLIP trained from OV-Shapes image-caption pairs
 //! with the symmetric InfoNCE loss and a learned temperature, saved in the Hugging Face layout.
 //!
-//! Each batch mixes whole images with their captions and, where a caption record boxes the
-//! objects it names, crops of single objects with their phrases ("a photo of a red star."),
-//! so that the teacher also sees objects alone, as region embeddings will show them.
-//! Pairs with identical texts in a batch count as positives of each other (soft targets).
+//! Each sample is a pretrain image (randomly cropped to between `min_crop` and all of its side)
+//! with its caption; for images of a single object, half the time a short text made from the
+//! caption record's object ("a photo of a star.", "a photo of a red star."), so that the text
+//! tower also sees the phrasing prompts use. Pairs with identical texts in a batch count as
+//! positives of each other (soft targets).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -14,7 +15,6 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -62,8 +62,10 @@ pub struct PretrainConfig {
     pub warmup: usize,
     /// AdamW weight decay.
     pub weight_decay: f64,
-    /// Fraction of each batch that is single-object crops (when the data has boxes).
-    pub object_fraction: f64,
+    /// Share of single-object samples that get a short object text instead of the caption.
+    pub object_text_fraction: f64,
+    /// Smallest random crop, as a fraction of the image side.
+    pub min_crop: f64,
     /// Save a checkpoint every this many steps.
     pub checkpoint_every: usize,
     /// Seed.
@@ -92,7 +94,8 @@ impl PretrainConfig {
             lr: 1e-3,
             warmup: 100,
             weight_decay: 0.05,
-            object_fraction: 0.75,
+            object_text_fraction: 0.5,
+            min_crop: 0.7,
             checkpoint_every: 250,
             seed: 0,
         };
@@ -171,24 +174,25 @@ pub struct PretrainReport {
     pub final_loss: f64,
     /// Image-caption pairs read.
     pub pairs: usize,
-    /// Single-object crops available.
-    pub objects: usize,
+    /// Single-object images among them.
+    pub single_object: usize,
     /// Final temperature exp(logit_scale).
     pub logit_scale: f64,
     /// The settings.
     pub config: PretrainConfig,
 }
 
-/// A phrase for an object crop.
-fn object_text(o: &crate::shapes::CaptionObject) -> Option<String> {
-    let p = o.phrase.clone().or_else(|| o.class.clone())?;
-    Some(format!("a photo of a {p}."))
-}
-
-struct Sample<'a> {
-    image: &'a RgbImage,
-    bbox: Option<[f32; 4]>,
-    text: String,
+/// Short texts for a single object: "a photo of a {class}.", with its colour, with its size.
+fn object_texts(o: &crate::shapes::CaptionObject) -> Vec<String> {
+    let Some(c) = &o.class else { return Vec::new() };
+    let mut v = vec![format!("a photo of a {c}.")];
+    if let Some(col) = &o.colour {
+        v.push(format!("a photo of a {col} {c}."));
+        if let Some(sz) = &o.size {
+            v.push(format!("a photo of a {sz} {col} {c}."));
+        }
+    }
+    v
 }
 
 /// Trains the built-in teacher on `data/pretrain` and writes `model.safetensors`,
@@ -215,11 +219,12 @@ pub fn pretrain(
     texts.extend(
         pairs
             .iter()
-            .flat_map(|p| p.objects.iter().filter_map(object_text)),
+            .flat_map(|p| p.objects.iter().flat_map(object_texts)),
     );
+
     texts.push("a photo of a .".into());
     if let Ok(vocab) = crate::shapes::read_vocab(&data.join("vocab.toml")) {
-        for c in vocab {
+        for c in vocab.classes {
             texts.push(c.name.clone());
             texts.extend(c.synonyms.clone());
         }
@@ -234,19 +239,18 @@ pub fn pretrain(
         .iter()
         .map(|p| load_rgb(&p.path))
         .collect::<Result<_, _>>()?;
-    let mut captions: Vec<(usize, String)> = Vec::new();
-    let mut objects: Vec<(usize, [f32; 4], String)> = Vec::new();
-    for (i, p) in pairs.iter().enumerate() {
-        captions.push((i, p.caption.clone()));
-        for o in &p.objects {
-            if let (Some(b), Some(t)) = (o.bbox, object_text(o))
-                && b[2] > b[0] + 1.0
-                && b[3] > b[1] + 1.0
-            {
-                objects.push((i, b, t));
+    // Per image: its caption, and short object texts when it shows a single object.
+    let short: Vec<Vec<String>> = pairs
+        .iter()
+        .map(|p| {
+            if p.objects.len() == 1 {
+                object_texts(&p.objects[0])
+            } else {
+                Vec::new()
             }
-        }
-    }
+        })
+        .collect();
+    let single_object = short.iter().filter(|v| !v.is_empty()).count();
     let pre = PreprocessConfig::clip(cfg.image_size);
     let ad = device.clone().autodiff();
     let mut model = ClipModel::random(&clip_cfg, cfg.seed, &ad)?;
@@ -256,12 +260,6 @@ pub fn pretrain(
         .with_weight_decay(cfg.weight_decay as f32)
         .init();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed);
-    let n_obj = if objects.is_empty() {
-        0
-    } else {
-        ((cfg.batch_size as f64) * cfg.object_fraction).round() as usize
-    };
-    let n_cap = cfg.batch_size - n_obj;
     let start = Instant::now();
     let limit = (cfg.max_seconds > 0).then(|| Duration::from_secs(cfg.max_seconds));
     let mut losses: Vec<f64> = Vec::new();
@@ -279,7 +277,7 @@ pub fn pretrain(
             seconds,
             final_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
             pairs: pairs.len(),
-            objects: objects.len(),
+            single_object,
             logit_scale: to_vec(m.logit_scale.val().exp())?
                 .first()
                 .copied()
@@ -298,34 +296,22 @@ pub fn pretrain(
         if limit.is_some_and(|l| start.elapsed() >= l) {
             break;
         }
-        let mut batch: Vec<Sample> = Vec::with_capacity(cfg.batch_size);
-        for _ in 0..n_cap {
-            let (i, t) = &captions[rng.random_range(0..captions.len())];
-            batch.push(Sample {
-                image: &images[*i],
-                bbox: None,
-                text: t.clone(),
-            });
-        }
-        for _ in 0..n_obj {
-            let (i, b, t) = &objects[rng.random_range(0..objects.len())];
-            batch.push(Sample {
-                image: &images[*i],
-                bbox: Some(jitter(*b, &images[*i], &mut rng)),
-                text: t.clone(),
-            });
-        }
-        batch.shuffle(&mut rng);
         let s = cfg.image_size;
-        let mut px = Vec::with_capacity(batch.len() * 3 * s * s);
-        for smp in &batch {
-            let (w, h) = smp.image.dimensions();
-            let b = smp.bbox.unwrap_or([0.0, 0.0, w as f32, h as f32]);
-            px.extend(pre.crop(smp.image, b)?);
+        let mut px = Vec::with_capacity(cfg.batch_size * 3 * s * s);
+        let mut texts = Vec::with_capacity(cfg.batch_size);
+        for _ in 0..cfg.batch_size {
+            let i = rng.random_range(0..pairs.len());
+            let t = if !short[i].is_empty() && rng.random_bool(cfg.object_text_fraction) {
+                short[i][rng.random_range(0..short[i].len())].clone()
+            } else {
+                pairs[i].caption.clone()
+            };
+            let b = random_crop(&images[i], cfg.min_crop, &mut rng);
+            px.extend(pre.crop(&images[i], b)?);
+            texts.push(t);
         }
-        let texts: Vec<String> = batch.iter().map(|s| s.text.clone()).collect();
         let tb = tokenizer.encode_batch(&texts)?;
-        let b = batch.len();
+        let b = texts.len();
         let pixels = Tensor::<4>::from_data(TensorData::new(px, [b, 3, s, s]), &ad);
         let img = l2_normalize(model.image_features(pixels));
         let txt = l2_normalize(model.text_features(&tb.ids, tb.batch, tb.len));
@@ -380,28 +366,15 @@ fn lr_at(cfg: &PretrainConfig, step: usize) -> f64 {
     cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
 }
 
-/// The box grown or shrunk by up to 15% per side and shifted a little, kept inside the image.
-fn jitter(b: [f32; 4], img: &RgbImage, rng: &mut impl Rng) -> [f32; 4] {
-    let (w, h) = (b[2] - b[0], b[3] - b[1]);
-    let mut r = || rng.random_range(-0.15f32..0.15);
-    let nb = [
-        b[0] + r() * w,
-        b[1] + r() * h,
-        b[2] + r() * w,
-        b[3] + r() * h,
-    ];
-    let (iw, ih) = (img.width() as f32, img.height() as f32);
-    let c = [
-        nb[0].clamp(0.0, iw - 1.0),
-        nb[1].clamp(0.0, ih - 1.0),
-        nb[2].clamp(1.0, iw),
-        nb[3].clamp(1.0, ih),
-    ];
-    if c[2] - c[0] < 1.0 || c[3] - c[1] < 1.0 {
-        b
-    } else {
-        c
-    }
+/// A random window of the image, each side between `min` and all of the image's.
+fn random_crop(img: &RgbImage, min: f64, rng: &mut impl Rng) -> [f32; 4] {
+    let (w, h) = (img.width() as f32, img.height() as f32);
+    let min = min.clamp(0.05, 1.0) as f32;
+    let cw = w * rng.random_range(min..=1.0);
+    let ch = h * rng.random_range(min..=1.0);
+    let x = rng.random_range(0.0..=(w - cw));
+    let y = rng.random_range(0.0..=(h - ch));
+    [x, y, x + cw, y + ch]
 }
 
 /// Zero-shot top-1 accuracy of single-object crops.
@@ -419,7 +392,8 @@ pub struct ZeroShotReport {
     pub per_class: Vec<(String, String, usize, f64)>,
 }
 
-/// Classifies every (non-crowd) annotated object of `data/val` by its box crop against
+/// Classifies every (non-crowd) annotated object of `data/val` by its ViLD region embedding
+/// (1x and 1.5x crops of its box, as the teacher embeds regions for distillation) against
 /// `prompt` filled with each class name of `data/vocab.toml` (argmax over all classes).
 pub fn zero_shot_eval(
     teacher: &crate::embed::Teacher,
@@ -427,52 +401,48 @@ pub fn zero_shot_eval(
     prompt: &str,
 ) -> Result<ZeroShotReport, TeacherError> {
     let vocab = crate::shapes::read_vocab(&data.join("vocab.toml"))?;
-    let classes: Vec<Vec<String>> = vocab.iter().map(|c| vec![c.name.clone()]).collect();
+    let classes: Vec<Vec<String>> = vocab.classes.iter().map(|c| vec![c.name.clone()]).collect();
     let text = teacher.class_embeds(&classes, &[prompt.to_string()])?; // [K, D]
     let split_dir: PathBuf = data.join("val");
     let coco = crate::shapes::read_coco(&split_dir.join("instances.json"))?;
-    let mut by_image: std::collections::BTreeMap<i64, Vec<&crate::shapes::CocoAnnotation>> =
+    let mut by_image: std::collections::BTreeMap<u64, Vec<&crate::shapes::CocoAnnotation>> =
         Default::default();
     for a in coco.annotations.iter().filter(|a| a.iscrowd == 0) {
         by_image.entry(a.image_id).or_default().push(a);
     }
-    let k = vocab.len();
+    let k = vocab.classes.len();
     let mut hits = vec![0usize; k];
     let mut counts = vec![0usize; k];
-    let class_index = |cat: i64| vocab.iter().position(|c| c.id == cat);
+    let class_index = |cat: u64| vocab.classes.iter().position(|c| c.id == cat);
     for img in &coco.images {
         let Some(anns) = by_image.get(&img.id) else {
             continue;
         };
         let rgb = load_rgb(&crate::shapes::image_path(&split_dir, &img.file_name))?;
-        let mut px = Vec::new();
+        let (w, h) = (rgb.width() as f32, rgb.height() as f32);
+        let mut boxes = Vec::new();
         let mut labels = Vec::new();
         for a in anns {
             let Some(ci) = class_index(a.category_id) else {
                 continue;
             };
+            let b = a.bbox.map(|v| v as f32);
             let b = [
-                a.bbox[0],
-                a.bbox[1],
-                a.bbox[0] + a.bbox[2],
-                a.bbox[1] + a.bbox[3],
+                b[0].max(0.0),
+                b[1].max(0.0),
+                (b[0] + b[2]).min(w),
+                (b[1] + b[3]).min(h),
             ];
             if b[2] - b[0] < 1.0 || b[3] - b[1] < 1.0 {
                 continue;
             }
-            let b = [
-                b[0].max(0.0),
-                b[1].max(0.0),
-                b[2].min(rgb.width() as f32),
-                b[3].min(rgb.height() as f32),
-            ];
-            px.extend(teacher.preprocess.crop(&rgb, b)?);
+            boxes.push(b);
             labels.push(ci);
         }
         if labels.is_empty() {
             continue;
         }
-        let e = teacher.embed_pixels(&px, labels.len()); // [N, D]
+        let e = teacher.region_embeds(&rgb, &boxes)?; // [N, D]
         let sims = to_vec(e.matmul(text.clone().transpose()))?; // [N, K]
         for (n, &ci) in labels.iter().enumerate() {
             let row = &sims[n * k..(n + 1) * k];
@@ -481,8 +451,9 @@ pub fn zero_shot_eval(
             hits[ci] += usize::from(best == ci);
         }
     }
-    let acc = |f: &dyn Fn(&crate::shapes::ClassEntry) -> bool| {
+    let acc = |f: &dyn Fn(&crate::shapes::VocabClass) -> bool| {
         let (h, c) = vocab
+            .classes
             .iter()
             .enumerate()
             .filter(|(_, v)| f(v))
@@ -492,15 +463,20 @@ pub fn zero_shot_eval(
     Ok(ZeroShotReport {
         crops: counts.iter().sum(),
         all: acc(&|_| true),
-        base: acc(&|v| v.split == "base"),
-        novel: acc(&|v| v.split == "novel"),
+        base: acc(&|v| v.is_base()),
+        novel: acc(&|v| v.is_novel()),
         per_class: vocab
+            .classes
             .iter()
             .enumerate()
             .map(|(i, v)| {
                 (
                     v.name.clone(),
-                    v.split.clone(),
+                    if v.is_novel() {
+                        "novel".into()
+                    } else {
+                        "base".into()
+                    },
                     counts[i],
                     if counts[i] > 0 {
                         hits[i] as f64 / counts[i] as f64

@@ -94,6 +94,34 @@ impl Backbone {
     }
 }
 
+/// The torchvision state-dict key of a parameter of this crate's modules, given its Burn path
+/// (dot-separated, as Burn's module visitors and stores name it), so that a loader can map a
+/// torchvision checkpoint (`resnet*`, or `fasterrcnn_resnet50_fpn`'s `backbone.*`) key for
+/// key: enum variant segments (`Basic`, `Bottleneck`, `Frozen`, `Batch`) are dropped,
+/// `downsample.conv`/`downsample.bn` become `downsample.0`/`downsample.1`, Burn's batch-norm
+/// `gamma`/`beta` become `weight`/`bias`, and the FPN's convs gain torchvision's `.0`
+/// (`inner_blocks.{i}.0.weight`).
+pub fn torchvision_key(burn_path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let parts: Vec<&str> = burn_path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        match *part {
+            "Basic" | "Bottleneck" | "Frozen" | "Batch" => continue,
+            "conv" if i > 0 && parts[i - 1] == "downsample" => out.push("0"),
+            "bn" if i > 0 && parts[i - 1] == "downsample" => out.push("1"),
+            "gamma" => out.push("weight"),
+            "beta" => out.push("bias"),
+            _ => {
+                out.push(part);
+                if i >= 1 && matches!(parts[i - 1], "inner_blocks" | "layer_blocks") {
+                    out.push("0");
+                }
+            }
+        }
+    }
+    out.join(".")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

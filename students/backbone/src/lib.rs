@@ -16,7 +16,7 @@ pub mod fpn;
 pub mod norm;
 pub mod resnet;
 
-pub use backbone::{Backbone, BackboneConfig};
+pub use backbone::{Backbone, BackboneConfig, torchvision_key};
 pub use features::FeatureMap;
 pub use fpn::{Fpn, FpnConfig};
 pub use norm::{FrozenBatchNorm2d, Norm2d, NormKind};
