@@ -144,7 +144,7 @@ fn train_evaluate_and_predict_on_a_tiny_ov_shapes() {
         "--task",
         "seg",
         "--classes",
-        "star,heart,ring",
+        "star|five-pointed star,heart,ring",
         "--checkpoint",
         s(&run),
         "--out",

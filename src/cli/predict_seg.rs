@@ -33,7 +33,9 @@ pub struct PredictArgs {
     /// Which student.
     #[arg(long, value_enum)]
     pub task: Task,
-    /// Comma-separated class names, e.g. "star,heart,ring".
+    /// Comma-separated class names, e.g. "star,heart,ring"; a class may list synonyms
+    /// separated by `|` ("circle|disc,star"), whose prompt embeddings are averaged as in
+    /// training.
     #[arg(long)]
     pub classes: String,
     /// A checkpoint folder (`ckpt-NNNNNN/`) or a run directory (its newest checkpoint).
@@ -96,6 +98,27 @@ fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
     Ok(())
 }
 
+/// `--classes`: one entry per comma, each a `|`-separated list of names (first the name,
+/// then synonyms); empty entries are skipped.
+fn parse_classes(arg: &str) -> Result<Vec<Vec<String>>> {
+    let mut out = Vec::new();
+    for (i, item) in arg.split(',').enumerate() {
+        if item.trim().is_empty() {
+            continue;
+        }
+        let names: Vec<String> = item
+            .split('|')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if names.is_empty() {
+            bail!("--classes: entry {} ({item:?}) has no name", i + 1);
+        }
+        out.push(names);
+    }
+    Ok(out)
+}
+
 /// Runs `ovkd predict`.
 pub fn run(ctx: &Context, args: PredictArgs) -> Result<()> {
     match args.task {
@@ -104,12 +127,8 @@ pub fn run(ctx: &Context, args: PredictArgs) -> Result<()> {
 }
 
 fn run_seg(ctx: &Context, args: PredictArgs) -> Result<()> {
-    let names: Vec<String> = args
-        .classes
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let class_names = parse_classes(&args.classes)?;
+    let names: Vec<String> = class_names.iter().map(|n| n[0].clone()).collect();
     if names.is_empty() {
         bail!("--classes: give at least one class name");
     }
@@ -143,7 +162,6 @@ fn run_seg(ctx: &Context, args: PredictArgs) -> Result<()> {
             cfg.segmenter.embed_dim
         );
     }
-    let class_names: Vec<Vec<String>> = names.iter().map(|n| vec![n.clone()]).collect();
     let embeds = DenseTeacher::class_embeds(&teacher, &class_names, &cfg.distill.templates)
         .map_err(anyhow::Error::msg)
         .context("embedding the class names")?;
@@ -213,6 +231,20 @@ fn run_seg(ctx: &Context, args: PredictArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classes_split_on_commas_and_synonyms_on_bars() {
+        let c = parse_classes("circle | disc|disk, star,,heart").unwrap();
+        assert_eq!(
+            c,
+            vec![
+                vec!["circle".to_string(), "disc".into(), "disk".into()],
+                vec!["star".to_string()],
+                vec!["heart".to_string()],
+            ]
+        );
+        assert!(parse_classes("star,|").is_err());
+    }
 
     #[test]
     fn palette_colours_are_distinct() {
