@@ -38,13 +38,16 @@ enum Command {
     Data(cli::data::DataCommand),
     /// The CLIP teacher: parity checks, tokenizer, pre-training, zero-shot eval, region cache.
     Teacher(cli::teacher::TeacherCommand),
-    /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
-    Eval(cli::eval::EvalCommand),
+    /// Class-agnostic proposals for ViLD-image: train an RPN on the base boxes (or take a
+    /// file) and propose boxes for every training image.
+    Proposals(cli::proposals::ProposalsArgs),
     /// Train a student.
     #[command(subcommand)]
     Train(TrainCommand),
-    /// Predict with a trained student: label maps and overlays for any class names.
-    Predict(cli::predict_seg::PredictArgs),
+    /// Predict with a trained student for any class names: COCO results and drawings.
+    Predict(cli::predict::PredictArgs),
+    /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
+    Eval(cli::eval::EvalCommand),
     /// Write an HTML (and Markdown) report of a run directory.
     Report(cli::report::ReportArgs),
     /// Run every stage of an experiment in one run directory (data, teacher, proposals,
@@ -57,6 +60,8 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum TrainCommand {
+    /// The detector: ViLD (ViLD-text + ViLD-image), then box AP on the val split.
+    Detector(cli::train_detector::TrainDetectorArgs),
     /// The segmenter: LSeg with MaskCLIP+ pseudo-labels and self-training, then mIoU.
     Segmenter(cli::train_segmenter::TrainSegmenterArgs),
 }
@@ -74,13 +79,16 @@ fn run(cli: Cli) -> Result<()> {
     let ctx = cli::Context {
         device: device::DeviceSpec::parse(&cli.device)?,
     };
+    tracing::info!("device: {}", ctx.device.resolve().0.name());
     match cli.command {
         Command::Info => cli::info::run(&ctx),
         Command::Data(cmd) => cli::data::run(&ctx, cmd),
-        Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
         Command::Teacher(cmd) => cli::teacher::run(&ctx, cmd),
+        Command::Proposals(args) => cli::proposals::run(&ctx, args),
+        Command::Train(TrainCommand::Detector(args)) => cli::train_detector::run(&ctx, args),
         Command::Train(TrainCommand::Segmenter(args)) => cli::train_segmenter::run(&ctx, args),
-        Command::Predict(args) => cli::predict_seg::run(&ctx, args),
+        Command::Predict(args) => cli::predict::run(&ctx, args),
+        Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
         Command::Report(a) => cli::report::run(&ctx, a),
         Command::Pipeline(a) => cli::pipeline::run(&ctx, a),
         Command::Sweep(a) => cli::sweep::run(&ctx, a),

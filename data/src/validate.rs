@@ -1110,6 +1110,27 @@ mod tests {
     }
 
     #[test]
+    fn boxes_left_of_or_above_the_image_and_negative_heights() {
+        let mut v = good();
+        v["annotations"][0]["bbox"] = json!([-3, 1, 2, 2]);
+        let mut b = v["annotations"][0].clone();
+        b["id"] = json!(2);
+        b["bbox"] = json!([1, -2, 2, -1]);
+        v["annotations"].as_array_mut().unwrap().push(b);
+        let got = run(v, &Default::default());
+        assert_eq!(
+            got,
+            [
+                "D/inst.json: annotation id 1 (#0), field `bbox`: box [-3, 1, 2, 2] lies outside the 10x8 image a.png: x = -3 < 0",
+                "D/inst.json: annotation id 2 (#1), field `bbox`: negative size: width 2, height -1 in [1, -2, 2, -1]",
+                "D/inst.json: annotation id 2 (#1), field `bbox`: box [1, -2, 2, -1] lies outside the 10x8 image a.png: y = -2 < 0",
+            ],
+            "got:\n{}",
+            got.join("\n")
+        );
+    }
+
+    #[test]
     fn truncated_and_invalid_json() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.json");

@@ -6,10 +6,9 @@
 //! `NAME_overlay.png` (the image with each class painted in its colour), plus `classes.json`.
 
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Args, ValueEnum};
 use image::{Rgb, RgbImage};
 use ovkd_data::semantic::SemanticMask;
 use ovkd_distill::seg::DenseTeacher;
@@ -18,45 +17,8 @@ use ovkd_segmenter::InferenceMode;
 use ovkd_teacher::embed::Teacher;
 
 use super::Context;
+use super::predict::PredictArgs;
 use super::train_segmenter::{checkpoint_dir, config_of_checkpoint, load_segmenter};
-
-/// What to predict.
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum Task {
-    /// Semantic segmentation with the segmenter student.
-    Seg,
-}
-
-/// Arguments of `ovkd predict`.
-#[derive(Args, Debug)]
-pub struct PredictArgs {
-    /// Which student.
-    #[arg(long, value_enum)]
-    pub task: Task,
-    /// Comma-separated class names, e.g. "star,heart,ring"; a class may list synonyms
-    /// separated by `|` ("circle|disc,star"), whose prompt embeddings are averaged as in
-    /// training.
-    #[arg(long)]
-    pub classes: String,
-    /// A checkpoint folder (`ckpt-NNNNNN/`) or a run directory (its newest checkpoint).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// The teacher whose text tower embeds the names (default: the one the run trained with).
-    #[arg(long)]
-    pub teacher: Option<PathBuf>,
-    /// Sliding windows of this side instead of whole-image inference.
-    #[arg(long)]
-    pub window: Option<usize>,
-    /// Step between sliding windows (default: half the window).
-    #[arg(long)]
-    pub stride: Option<usize>,
-    /// Output folder.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Images.
-    #[arg(required = true)]
-    pub images: Vec<PathBuf>,
-}
 
 /// A distinct colour per label (0, the background, is never painted).
 pub fn palette(k: usize) -> [u8; 3] {
@@ -119,14 +81,11 @@ fn parse_classes(arg: &str) -> Result<Vec<Vec<String>>> {
     Ok(out)
 }
 
-/// Runs `ovkd predict`.
-pub fn run(ctx: &Context, args: PredictArgs) -> Result<()> {
-    match args.task {
-        Task::Seg => run_seg(ctx, args),
+/// Runs `ovkd predict --task seg`.
+pub fn run_seg(ctx: &Context, args: &PredictArgs) -> Result<()> {
+    if args.scores.is_some() || args.score_thresh.is_some() || args.size.is_some() {
+        bail!("--scores, --score-thresh and --size are for --task det");
     }
-}
-
-fn run_seg(ctx: &Context, args: PredictArgs) -> Result<()> {
     let class_names = parse_classes(&args.classes)?;
     let names: Vec<String> = class_names.iter().map(|n| n[0].clone()).collect();
     if names.is_empty() {

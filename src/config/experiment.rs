@@ -187,13 +187,7 @@ pub fn load(
             preset_overlay(p)?,
         )?;
         for key in super::loader::leaf_keys(&overlay.table) {
-            let mut v = Some(&overlay.table);
-            let mut value = None;
-            for part in key.split('.') {
-                value = v.and_then(|t| t.get(part));
-                v = value.and_then(|x| x.as_table());
-            }
-            if let Some(value) = value {
+            if let Some(value) = lookup(&overlay.table, &key) {
                 layered
                     .set(&key, value.clone(), super::Origin::Program("--preset"))
                     .map_err(|m| anyhow::anyhow!("--preset {p}: {m}"))?;
@@ -201,8 +195,71 @@ pub fn load(
         }
     }
     layered.apply_overrides(sets)?;
+    for student in STUDENTS {
+        graft_student_config(&mut layered, student, path)?;
+    }
     let exp: Experiment = layered.deserialize()?;
     Ok((layered, exp))
+}
+
+/// The student sections, which may name a student config file with `config = "FILE"`.
+pub const STUDENTS: [&str; 2] = ["detector", "segmenter"];
+
+/// `[detector] config = "detector/ov_shapes.toml"`: the named student config (with its own
+/// `extends`) fills every key the section does not set itself. The file is relative to the
+/// config file that named it (to the experiment file for a preset or `--set`).
+fn graft_student_config(
+    layered: &mut Layered,
+    student: &str,
+    experiment: &std::path::Path,
+) -> anyhow::Result<()> {
+    let key = format!("{student}.config");
+    let Some(value) = layered
+        .table
+        .get(student)
+        .and_then(|t| t.get("config"))
+        .cloned()
+    else {
+        return Ok(());
+    };
+    let origin = layered.origin(&key);
+    let Some(file) = value.as_str() else {
+        anyhow::bail!(
+            "{origin}: `{key}`: expected a file name, got {}",
+            value.type_str()
+        );
+    };
+    let base = match &origin {
+        super::Origin::File { path, .. } => path.parent().map(|p| p.to_path_buf()),
+        _ => experiment.parent().map(|p| p.to_path_buf()),
+    }
+    .unwrap_or_default();
+    let path = base.join(file);
+    let student_cfg =
+        Layered::load(&path).map_err(|e| anyhow::anyhow!("{origin}: `{key}` = {file:?}: {e}"))?;
+    for leaf in super::loader::leaf_keys(&student_cfg.table) {
+        let full = format!("{student}.{leaf}");
+        if lookup(&layered.table, &full).is_some() {
+            continue;
+        }
+        let Some(v) = lookup(&student_cfg.table, &leaf) else {
+            continue;
+        };
+        layered
+            .set(&full, v.clone(), student_cfg.origin(&leaf))
+            .map_err(|m| anyhow::anyhow!("{}: `{full}`: {m}", student_cfg.origin(&leaf)))?;
+    }
+    Ok(())
+}
+
+fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut t = Some(table);
+    let mut v = None;
+    for part in key.split('.') {
+        v = t.and_then(|t| t.get(part));
+        t = v.and_then(|x| x.as_table());
+    }
+    v
 }
 
 #[cfg(test)]
@@ -246,6 +303,51 @@ mod tests {
             load(&p, None, &["data.source=imagenet".into()]).unwrap_err()
         );
         assert!(err.contains("`data") && err.contains("imagenet"), "{err}");
+    }
+
+    #[test]
+    fn a_student_section_fills_in_from_its_config_file_and_keeps_its_own_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "detector/base.toml",
+            "[train]\nlr = 0.001\nsteps = 600\n[distill]\nimage_weight = 0.5\n",
+        );
+        let p = write(
+            dir.path(),
+            "e.toml",
+            "name = \"e\"\n[data]\nsource = \"ov-shapes\"\n[teacher]\nsource = \"builtin\"\n[detector]\nconfig = \"detector/base.toml\"\n[detector.train]\nsteps = 50\n",
+        );
+        let (l, exp) = load(&p, None, &["detector.distill.image_weight=0".into()]).unwrap();
+        let det = exp.detector.unwrap();
+        assert_eq!(
+            det["train"]["steps"].as_integer(),
+            Some(50),
+            "the section's own key wins"
+        );
+        assert_eq!(
+            det["train"]["lr"].as_float(),
+            Some(0.001),
+            "filled from the file"
+        );
+        assert_eq!(
+            det["distill"]["image_weight"].as_integer(),
+            Some(0),
+            "--set wins"
+        );
+        assert!(
+            l.origin("detector.train.lr")
+                .to_string()
+                .contains("base.toml:2")
+        );
+        let err = format!(
+            "{:#}",
+            load(&p, None, &["detector.config=nope.toml".into()]).unwrap_err()
+        );
+        assert!(
+            err.contains("nope.toml") && err.contains("--set #1"),
+            "{err}"
+        );
     }
 
     #[test]

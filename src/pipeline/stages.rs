@@ -80,6 +80,8 @@ fn write_student_config(
     run_dir: &Path,
 ) -> Result<PathBuf> {
     let mut t = section.clone();
+    // Already merged in by the experiment loader.
+    t.remove("config");
     let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     let data = t
         .entry("data")
