@@ -62,6 +62,8 @@ enum Command {
 enum TrainCommand {
     /// The detector: ViLD (ViLD-text + ViLD-image), then box AP on the val split.
     Detector(cli::train_detector::TrainDetectorArgs),
+    /// The segmenter: LSeg with MaskCLIP+ pseudo-labels and self-training, then mIoU.
+    Segmenter(cli::train_segmenter::TrainSegmenterArgs),
 }
 
 fn main() {
@@ -84,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Teacher(cmd) => cli::teacher::run(&ctx, cmd),
         Command::Proposals(args) => cli::proposals::run(&ctx, args),
         Command::Train(TrainCommand::Detector(args)) => cli::train_detector::run(&ctx, args),
+        Command::Train(TrainCommand::Segmenter(args)) => cli::train_segmenter::run(&ctx, args),
         Command::Predict(args) => cli::predict::run(&ctx, args),
         Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
         Command::Report(a) => cli::report::run(&ctx, a),

@@ -1,4 +1,5 @@
 //! ovkd-distill: the distillation losses and the training loops that use them.
 
 pub mod det;
+pub mod seg;
 pub mod train;

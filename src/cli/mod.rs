@@ -5,11 +5,13 @@ pub mod eval;
 pub mod info;
 pub mod pipeline;
 pub mod predict;
+pub mod predict_seg;
 pub mod proposals;
 pub mod report;
 pub mod sweep;
 pub mod teacher;
 pub mod train_detector;
+pub mod train_segmenter;
 
 use crate::device::DeviceSpec;
 

@@ -1,4 +1,5 @@
-//! `ovkd predict` for the detector: boxes of any class names in any images.
+//! `ovkd predict` for the detector: boxes of any class names in any images (`--task seg`, the
+//! segmenter's label maps, is in [`super::predict_seg`]).
 //!
 //! The names are embedded by the teacher's text tower (the run's prompt templates) at
 //! inference time, so the student detects whatever it is asked for. The output folder gets
@@ -35,6 +36,8 @@ pub enum Task {
     /// Boxes, with the detector student.
     #[default]
     Det,
+    /// Label maps and overlays, with the segmenter student.
+    Seg,
 }
 
 /// Arguments of `ovkd predict`.
@@ -62,6 +65,12 @@ pub struct PredictArgs {
     /// reported in the original image's pixels); default: the image as it is.
     #[arg(long)]
     pub size: Option<usize>,
+    /// Segmenter: sliding windows of this side instead of whole-image inference.
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Segmenter: step between sliding windows (default: half the window).
+    #[arg(long)]
+    pub stride: Option<usize>,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -100,11 +109,15 @@ struct ImageRecord {
 pub fn run(ctx: &Context, args: PredictArgs) -> Result<()> {
     match args.task {
         Task::Det => run_det(ctx, args),
+        Task::Seg => super::predict_seg::run_seg(ctx, &args),
     }
 }
 
 fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
     let t0 = Instant::now();
+    if args.window.is_some() || args.stride.is_some() {
+        bail!("--window and --stride are for --task seg");
+    }
     let names: Vec<String> = args
         .classes
         .split(',')

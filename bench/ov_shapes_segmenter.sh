@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The segmenter experiment on OV-Shapes from nothing: data synth, teacher pre-training, segmenter
+# training (LSeg + MaskCLIP+ pseudo-labels + self-training), prediction, evaluation, and the
+# ablation the issue asks for.
+#
+#   bench/ov_shapes_segmenter.sh RUN_DIR [--preset quick|default|large] [--set KEY=VALUE ...]
+#                                [--no-ablation]
+#
+# Stages, each an `ovkd` command a user would type:
+#   ovkd data synth --preset P                       -> RUN/data (reused if the preset matches)
+#   ovkd teacher pretrain --preset P                 -> RUN/teacher (the teacher CLI's own preset,
+#                                                       no overrides; reused if present)
+#   ovkd train segmenter --config C --no-eval        -> RUN/segmenter, RUN/eval/seg_teacher.json
+#   ovkd predict --task seg --classes <vocabulary>   -> RUN/eval/seg_pred/*.png
+#   ovkd eval seg --vocab RUN/data/vocab.toml        -> RUN/eval/seg.json (seen/unseen mIoU, hIoU)
+# then the same train/predict/eval for the ablation rows under RUN/ablation/{lseg,pseudo}
+# (sharing RUN/cache, the teacher's dense features): LSeg alone, + MaskCLIP+ pseudo-labels
+# (no self-training); the full run above is "+ self-training". The table goes to stdout and
+# RUN/eval/ablation.md. RUN/time.txt holds the wall time of the main experiment (data to
+# RUN/eval/seg.json, build excluded, ablation excluded); RUN/stages.txt each stage's seconds.
+# C is configs/segmenter/ov_shapes.toml (ov_shapes_quick.toml for --preset quick); --set
+# overrides it for every row. Delete RUN_DIR for a run from nothing.
+set -euo pipefail
+
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[[ $# -ge 1 ]] || usage
+RUN=$1; shift
+PRESET=default
+SETS=()
+ABLATION=1
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --preset) PRESET=$2; shift 2 ;;
+    --set) SETS+=(--set "$2"); shift 2 ;;
+    --no-ablation) ABLATION=0; shift ;;
+    -h|--help) usage ;;
+    *) echo "unknown argument: $1" >&2; usage ;;
+  esac
+done
+case $PRESET in
+  quick) CONFIG=configs/segmenter/ov_shapes_quick.toml ;;
+  default|large) CONFIG=configs/segmenter/ov_shapes.toml ;;
+  *) echo "--preset must be quick, default or large" >&2; exit 2 ;;
+esac
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+cargo build --release --quiet -p ovkd
+OVKD="$ROOT/target/release/ovkd"
+mkdir -p "$RUN"
+RUN=$(cd "$RUN" && pwd)
+LOG="$RUN/bench.log"
+: > "$LOG"
+: > "$RUN/stages.txt"
+
+now() { date +%s.%N; }
+stage() {  # stage NAME CMD...: runs CMD, logs it, records its seconds
+  local name=$1; shift
+  local t
+  t=$(now)
+  echo "+ $*" >> "$LOG"
+  "$@" 2>&1 | tee -a "$LOG" | grep -v '^\s*$' | sed "s/^/[$name] /" >&2
+  printf '%s %.1f\n' "$name" "$(echo "$(now) - $t" | bc)" >> "$RUN/stages.txt"
+}
+
+T0=$(now)
+if [[ -f "$RUN/data/meta.json" ]] && grep -q "\"preset\": *\"$PRESET\"" "$RUN/data/meta.json"; then
+  echo "reusing $RUN/data" >&2
+else
+  rm -rf "$RUN/data"
+  stage data "$OVKD" data synth --out "$RUN/data" --preset "$PRESET"
+fi
+if [[ -f "$RUN/teacher/model.safetensors" ]]; then
+  echo "reusing $RUN/teacher" >&2
+else
+  stage teacher "$OVKD" teacher pretrain --data "$RUN/data" --out "$RUN/teacher" --preset "$PRESET"
+fi
+
+# The segmenter embeds into the teacher's joint space; the class list comes from the
+# vocabulary, in id order (label k = the k-th class), synonyms joined by '|'.
+read -r EMBED_DIM < <(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["projection_dim"])' "$RUN/teacher/config.json")
+read -r NUM_CLASSES CLASSES < <(python3 - "$RUN/data/vocab.toml" <<'EOF'
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    classes = sorted(tomllib.load(f)["class"], key=lambda c: c["id"])
+ids = [c["id"] for c in classes]
+if ids != list(range(1, len(ids) + 1)):
+    sys.exit(f"{sys.argv[1]}: class ids must be 1..K for label PNGs, got {ids}")
+print(len(ids) + 1, ",".join("|".join([c["name"], *c.get("synonyms", [])]) for c in classes))
+EOF
+)
+COMMON=(--set "segmenter.embed_dim=$EMBED_DIM" --set "data.root=$RUN/data" --set "teacher.path=$RUN/teacher")
+
+# experiment NAME DIR [--set ...]: train into DIR/segmenter, predict the val images, score them.
+experiment() {
+  local name=$1 dir=$2; shift 2
+  mkdir -p "$dir/eval"
+  [[ "$dir" == "$RUN" ]] || ln -sfn "$RUN/cache" "$dir/cache"
+  rm -rf "$dir/segmenter" "$dir/eval/seg_pred"
+  stage "train-$name" "$OVKD" train segmenter --config "$CONFIG" --run "$dir" --quiet --no-eval \
+    "${COMMON[@]}" "${SETS[@]}" "$@"
+  stage "predict-$name" "$OVKD" predict --task seg --classes "$CLASSES" --checkpoint "$dir" \
+    --out "$dir/eval/seg_pred" "$RUN"/data/val/images/*.png
+  stage "eval-$name" "$OVKD" eval seg --gt "$RUN/data/val/semantic" --pred "$dir/eval/seg_pred" \
+    --num-classes "$NUM_CLASSES" --vocab "$RUN/data/vocab.toml" --out "$dir/eval/seg.json"
+}
+
+mkdir -p "$RUN/cache"
+experiment full "$RUN"
+printf '%.1f\n' "$(echo "$(now) - $T0" | bc)" > "$RUN/time.txt"
+if [[ $ABLATION == 1 ]]; then
+  T1=$(now)
+  experiment lseg "$RUN/ablation/lseg" \
+    --set distill.pseudo.enabled=false --set distill.self_train.enabled=false
+  experiment pseudo "$RUN/ablation/pseudo" --set distill.self_train.enabled=false
+  printf '%.1f\n' "$(echo "$(now) - $T1" | bc)" > "$RUN/ablation/time.txt"
+fi
+
+python3 - "$RUN" "$PRESET" <<'EOF' | tee "$RUN/eval/ablation.md"
+import json, sys, os
+run, preset = sys.argv[1], sys.argv[2]
+def load(*parts):
+    p = os.path.join(run, *parts)
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        return json.load(f)
+rows = [
+    ("teacher zero-shot (MaskCLIP, no training)", load("eval", "seg_teacher.json")),
+    ("LSeg alone", load("ablation", "lseg", "eval", "seg.json")),
+    ("+ MaskCLIP+ pseudo-labels", load("ablation", "pseudo", "eval", "seg.json")),
+    ("+ self-training (full)", load("eval", "seg.json")),
+]
+pct = lambda x: "-" if x is None else f"{100 * x:.1f}"
+print(f"OV-Shapes ({preset}), run {run}\n")
+print("| model | mIoU | seen mIoU | unseen mIoU | hIoU |")
+print("|---|---:|---:|---:|---:|")
+for name, r in rows:
+    if r is not None:
+        print(f"| {name} | {pct(r['mIoU'])} | {pct(r.get('seen_mIoU'))} | "
+              f"{pct(r.get('unseen_mIoU'))} | {pct(r.get('hIoU'))} |")
+p = load("segmenter", "pseudo_labels.json")
+if p:
+    print(f"\npseudo-labels: train coverage {pct(p['train_coverage'])}%, "
+          f"val (novel hidden) coverage {pct(p['val_coverage'])}%, "
+          f"precision {pct(p['val_precision'])}%")
+with open(os.path.join(run, "stages.txt")) as f:
+    stages = ", ".join(f"{l.split()[0]} {l.split()[1]} s" for l in f if l.strip())
+with open(os.path.join(run, "time.txt")) as f:
+    print(f"\nwall time of the main experiment {f.read().strip()} s; stages: {stages}")
+EOF

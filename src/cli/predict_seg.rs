@@ -1,0 +1,213 @@
+//! `ovkd predict --task seg`: label maps and colour overlays for any list of class names.
+//!
+//! The names are embedded by the teacher's text tower at inference time, so the student
+//! segments whatever it is asked for. For each image `NAME.ext` the output folder gets
+//! `NAME.png` (8-bit labels: 0 background, k the k-th name of `--classes`) and
+//! `NAME_overlay.png` (the image with each class painted in its colour), plus `classes.json`.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use image::{Rgb, RgbImage};
+use ovkd_data::semantic::SemanticMask;
+use ovkd_distill::seg::DenseTeacher;
+use ovkd_distill::seg::evaluate::{LabelMap, student_label_maps};
+use ovkd_segmenter::InferenceMode;
+use ovkd_teacher::embed::Teacher;
+
+use super::Context;
+use super::predict::PredictArgs;
+use super::train_segmenter::{checkpoint_dir, config_of_checkpoint, load_segmenter};
+
+/// A distinct colour per label (0, the background, is never painted).
+pub fn palette(k: usize) -> [u8; 3] {
+    // Hues spaced by the golden angle, full saturation, alternating brightness.
+    let h = (k as f64 * 0.618_033_988_75).fract() * 6.0;
+    let v = if k % 2 == 0 { 1.0 } else { 0.8 };
+    let x = v * (1.0 - ((h % 2.0) - 1.0).abs());
+    let (r, g, b) = match h as u32 {
+        0 => (v, x, 0.0),
+        1 => (x, v, 0.0),
+        2 => (0.0, v, x),
+        3 => (0.0, x, v),
+        4 => (x, 0.0, v),
+        _ => (v, 0.0, x),
+    };
+    [r, g, b].map(|c| (c * 255.0).round() as u8)
+}
+
+/// The image with every non-background pixel blended half-and-half with its label's colour.
+pub fn overlay(img: &RgbImage, map: &LabelMap) -> RgbImage {
+    let mut out = img.clone();
+    for (i, px) in out.pixels_mut().enumerate() {
+        let l = map.labels[i] as usize;
+        if l != 0 {
+            let c = palette(l);
+            *px = Rgb(std::array::from_fn(|j| {
+                ((px[j] as u16 + c[j] as u16) / 2) as u8
+            }));
+        }
+    }
+    out
+}
+
+fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
+    let mut buf = Vec::new();
+    img.write_to(&mut Cursor::new(&mut buf), image::ImageFormat::Png)
+        .with_context(|| format!("encoding {}", path.display()))?;
+    ovkd_data::io::write_atomic(path, &buf)?;
+    Ok(())
+}
+
+/// `--classes`: one entry per comma, each a `|`-separated list of names (first the name,
+/// then synonyms); empty entries are skipped.
+fn parse_classes(arg: &str) -> Result<Vec<Vec<String>>> {
+    let mut out = Vec::new();
+    for (i, item) in arg.split(',').enumerate() {
+        if item.trim().is_empty() {
+            continue;
+        }
+        let names: Vec<String> = item
+            .split('|')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if names.is_empty() {
+            bail!("--classes: entry {} ({item:?}) has no name", i + 1);
+        }
+        out.push(names);
+    }
+    Ok(out)
+}
+
+/// Runs `ovkd predict --task seg`.
+pub fn run_seg(ctx: &Context, args: &PredictArgs) -> Result<()> {
+    if args.scores.is_some() || args.score_thresh.is_some() || args.size.is_some() {
+        bail!("--scores, --score-thresh and --size are for --task det");
+    }
+    let class_names = parse_classes(&args.classes)?;
+    let names: Vec<String> = class_names.iter().map(|n| n[0].clone()).collect();
+    if names.is_empty() {
+        bail!("--classes: give at least one class name");
+    }
+    if names.len() > 254 {
+        bail!("--classes: at most 254 names fit an 8-bit label map");
+    }
+    let mode = match (args.window, args.stride) {
+        (None, None) => InferenceMode::Whole,
+        (Some(window), stride) => InferenceMode::Slide {
+            window,
+            stride: stride.unwrap_or(window.div_ceil(2)),
+        },
+        (None, Some(_)) => bail!("--stride needs --window"),
+    };
+    mode.validate()?;
+    let ckpt = checkpoint_dir(&args.checkpoint)?;
+    let cfg = config_of_checkpoint(&ckpt)?;
+    let (_, device) = ctx.device.resolve();
+    let teacher_dir = args
+        .teacher
+        .clone()
+        .or(cfg.teacher.path.clone())
+        .context("no --teacher given and the run's config names none")?;
+    let (teacher, _) = Teacher::load(&teacher_dir, &device)
+        .with_context(|| format!("loading the teacher {}", teacher_dir.display()))?;
+    if DenseTeacher::dim(&teacher) != cfg.segmenter.embed_dim {
+        bail!(
+            "the teacher {} embeds into D = {}, the segmenter into {}",
+            teacher_dir.display(),
+            DenseTeacher::dim(&teacher),
+            cfg.segmenter.embed_dim
+        );
+    }
+    let embeds = DenseTeacher::class_embeds(&teacher, &class_names, &cfg.distill.templates)
+        .map_err(anyhow::Error::msg)
+        .context("embedding the class names")?;
+    let model = load_segmenter(&cfg, &ckpt, &device)
+        .with_context(|| format!("loading {}", ckpt.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let values: Vec<u16> = (0..=names.len() as u16).collect();
+    let mut classes = serde_json::Map::new();
+    classes.insert("0".into(), "background".into());
+    for (i, n) in names.iter().enumerate() {
+        classes.insert((i + 1).to_string(), n.clone().into());
+    }
+    ovkd_data::io::write_json_atomic(args.out.join("classes.json"), &classes, true)?;
+
+    let mut stems = std::collections::HashSet::new();
+    for p in &args.images {
+        let stem = p
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if !stems.insert(stem.clone()) {
+            bail!(
+                "{}: another image is also named {stem}; outputs would collide",
+                p.display()
+            );
+        }
+    }
+    student_label_maps(
+        &model,
+        &args.images,
+        embeds,
+        &values,
+        mode,
+        cfg.data.augment.mean,
+        cfg.data.augment.std,
+        1,
+        |i, map| {
+            let path = &args.images[i];
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+            let write = || -> Result<()> {
+                SemanticMask::from_vec(map.width, map.height, map.labels.clone())
+                    .write(args.out.join(format!("{stem}.png")))?;
+                let img = ovkd_data::loader::load_rgb(path)?;
+                write_png(
+                    &args.out.join(format!("{stem}_overlay.png")),
+                    &overlay(&img, &map),
+                )?;
+                Ok(())
+            };
+            write().map_err(|e| ovkd_distill::seg::SegError::Config {
+                field: path.display().to_string(),
+                reason: format!("{e:#}"),
+            })
+        },
+    )
+    .context("predicting")?;
+    println!(
+        "wrote {} label maps and overlays to {}",
+        args.images.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_split_on_commas_and_synonyms_on_bars() {
+        let c = parse_classes("circle | disc|disk, star,,heart").unwrap();
+        assert_eq!(
+            c,
+            vec![
+                vec!["circle".to_string(), "disc".into(), "disk".into()],
+                vec!["star".to_string()],
+                vec!["heart".to_string()],
+            ]
+        );
+        assert!(parse_classes("star,|").is_err());
+    }
+
+    #[test]
+    fn palette_colours_are_distinct() {
+        let cs: std::collections::HashSet<[u8; 3]> = (1..40).map(palette).collect();
+        assert_eq!(cs.len(), 39);
+    }
+}
