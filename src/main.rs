@@ -6,6 +6,7 @@
 mod cli;
 mod config;
 mod device;
+mod report;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -36,6 +37,10 @@ enum Command {
     Data(cli::data::DataCommand),
     /// The CLIP teacher: parity checks, tokenizer, pre-training, zero-shot eval, region cache.
     Teacher(cli::teacher::TeacherCommand),
+    /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
+    Eval(cli::eval::EvalCommand),
+    /// Write an HTML (and Markdown) report of a run directory.
+    Report(cli::report::ReportArgs),
 }
 
 fn main() {
@@ -55,6 +60,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info => cli::info::run(&ctx),
         Command::Data(cmd) => cli::data::run(&ctx, cmd),
         Command::Teacher(cmd) => cli::teacher::run(&ctx, cmd),
+        Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
+        Command::Report(a) => cli::report::run(&ctx, a),
     }
 }
 

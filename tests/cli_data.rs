@@ -167,6 +167,14 @@ fn synth_stats_show_validate() {
         "{}",
         stdout(&ok)
     );
+    let whole = ovkd(&["data", "validate", a.to_str().unwrap()]);
+    assert!(whole.status.success(), "{}", stdout(&whole));
+    assert_eq!(
+        stdout(&whole).matches(": ok").count(),
+        9,
+        "{}",
+        stdout(&whole)
+    );
     let voc = ovkd(&["data", "validate", a.join("vocab.toml").to_str().unwrap()]);
     assert!(voc.status.success());
     assert!(stdout(&voc).contains("12 classes, 8 base/seen, 4 novel/unseen"));

@@ -22,6 +22,18 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     w.commit()
 }
 
+/// Like [`write_atomic`] (temporary file + rename), but without the fsync: for the thousands of
+/// small files of a directory that is itself published atomically (the OV-Shapes generator
+/// writes into a temporary directory and renames it into place), where one fsync per file
+/// would cost more than generating it.
+pub fn write_atomic_unsynced(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    let mut w = AtomicWriter::create(path)?;
+    w.sync = false;
+    w.write_all(bytes)
+        .map_err(|e| Error::io("write", w.temp_path(), e))?;
+    w.commit()
+}
+
 /// Writes `path` atomically through a closure that streams into a buffered writer.
 pub fn write_atomic_with<F>(path: impl AsRef<Path>, f: F) -> Result<()>
 where
@@ -105,6 +117,7 @@ pub struct AtomicWriter {
     final_path: PathBuf,
     temp_path: PathBuf,
     file: Option<BufWriter<File>>,
+    sync: bool,
 }
 
 impl AtomicWriter {
@@ -137,6 +150,7 @@ impl AtomicWriter {
             final_path,
             temp_path,
             file: Some(BufWriter::with_capacity(1 << 16, file)),
+            sync: true,
         })
     }
 
@@ -151,11 +165,16 @@ impl AtomicWriter {
         let file = writer
             .into_inner()
             .map_err(|e| Error::io("write", &self.temp_path, e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| Error::io("sync", &self.temp_path, e))?;
+        if self.sync {
+            file.sync_all()
+                .map_err(|e| Error::io("sync", &self.temp_path, e))?;
+        }
         drop(file);
         fs::rename(&self.temp_path, &self.final_path)
             .map_err(|e| Error::io("rename into place", &self.final_path, e))?;
+        if !self.sync {
+            return Ok(());
+        }
         // Make the rename itself durable; not every platform can open a directory, so a failure
         // here is not an error.
         if let Some(dir) = self.final_path.parent()
@@ -199,6 +218,8 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
+        write_atomic_unsynced(&p, b"three").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"three");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
     }

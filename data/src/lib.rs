@@ -13,6 +13,30 @@
 //! - [`transforms`], [`loader`]: decoding, augmentation with boxes and masks kept consistent,
 //!   normalisation, padded Burn batches, a prefetching iterator.
 //! - [`show`], [`stats`]: drawings and counts for people to look at.
+//!
+//! Errors are [`Error`]; bad input names the file, the record (id or index) and the field, e.g.
+//! `val.json: annotation id 17 (#3), field `bbox`: negative size: width -2, height 3 in [...]`.
+//!
+//! # The OV-Shapes directory (`ovkd data synth --out DIR`)
+//!
+//! ```text
+//! DIR/vocab.toml                      detection classes, ids 1..K, split base/novel
+//! DIR/meta.json                       seed, preset, resolved config, classes, colours, counts,
+//!                                     generator version
+//! DIR/{train,val}/images/NNNNNN.png   RGB, NNNNNN = image id from 1
+//! DIR/{train,val}/instances.json      COCO; train has base-class annotations only; masks are
+//!                                     compressed RLE of the visible pixels, bbox their tight box
+//! DIR/train/instances_full.json       every object incl. novel, same ids (analysis only)
+//! DIR/{train,val}/semantic/NNNNNN.png 8-bit: 0 = background, k = class id k,
+//!                                     255 = ignore (novel pixels in train)
+//! DIR/{train,val}/captions.jsonl      {"image_id", "file_name", "caption",
+//!                                      "objects": [{"class", "colour", "size"}]}
+//! DIR/pretrain/images/NNNNNN.png      the teacher's image-caption corpus: 1-3 objects of any
+//! DIR/pretrain/captions.jsonl         class, no boxes
+//! ```
+//!
+//! Open one with [`ov_shapes::OvShapesDir`]; batch it with
+//! [`loader::DetectionDataset::ov_shapes`] and [`loader::DataLoader`].
 
 pub mod boxes;
 pub mod coco;

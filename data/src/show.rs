@@ -350,7 +350,9 @@ pub fn show(input: &Path, out_dir: &Path, opts: &ShowOptions) -> Result<Vec<Path
         let img = load_rgb(&ipath)?;
         let (w, h) = (img.width(), img.height());
         let k = (opts.target_size as f32 / w.max(h) as f32).round().max(1.0) as u32;
-        let mut panel = upscale(&img, k);
+        let raw = upscale(&img, k);
+        let mut panel = raw.clone();
+        let annotated = src.coco.is_some();
         let anns: Vec<&CocoAnnotation> = match (&src.coco, &by_image) {
             (Some(c), Some(m)) => m
                 .get(&id)
@@ -429,7 +431,17 @@ pub fn show(input: &Path, out_dir: &Path, opts: &ShowOptions) -> Result<Vec<Path
             _ => None,
         };
         let gap = 8;
-        let panels_w = panel.width() + sem_panel.as_ref().map_or(0, |p| p.width() + gap);
+        // [image | image with boxes and masks | semantic mask]; caption-only splits show the
+        // image alone.
+        let mut panels: Vec<&RgbImage> = vec![&raw];
+        if annotated {
+            panels.push(&panel);
+        }
+        if let Some(sp) = &sem_panel {
+            panels.push(sp);
+        }
+        let panels_w =
+            panels.iter().map(|p| p.width()).sum::<u32>() + gap * (panels.len() as u32 - 1);
         let scale = PxScale::from(15.0);
         let caption = src.captions.get(&id).map(|r| r.caption.clone());
         let mut text_lines = vec![format!("{file}  (image id {id}, {w}x{h})")];
@@ -441,18 +453,27 @@ pub fn show(input: &Path, out_dir: &Path, opts: &ShowOptions) -> Result<Vec<Path
                 panels_w - 8,
             ));
         }
-        if sem_panel.is_some() {
-            text_lines.push(
-                "right: semantic mask (black = background, grey hatching = ignore 255)".into(),
-            );
+        if annotated {
+            let mut legend =
+                "left: image; middle: boxes, class names and instance masks".to_string();
+            if sem_panel.is_some() {
+                legend.push_str(
+                    "; right: semantic mask (black = background, grey hatching = ignore 255)",
+                );
+            }
+            if src.unlabelled.is_some() {
+                legend.push_str("; dashed: novel objects, which have no label in train");
+            }
+            text_lines.extend(wrap(&legend, &font, scale, panels_w - 8));
         }
         let line_h = 19;
         let text_h = text_lines.len() as u32 * line_h + 8;
         let mut canvas =
             RgbImage::from_pixel(panels_w, panel.height() + text_h, Rgb([255, 255, 255]));
-        image::imageops::replace(&mut canvas, &panel, 0, 0);
-        if let Some(sp) = &sem_panel {
-            image::imageops::replace(&mut canvas, sp, (panel.width() + gap) as i64, 0);
+        let mut x = 0i64;
+        for p in &panels {
+            image::imageops::replace(&mut canvas, *p, x, 0);
+            x += (p.width() + gap) as i64;
         }
         for (i, line) in text_lines.iter().enumerate() {
             draw_text_mut(
@@ -507,11 +528,9 @@ mod tests {
             let files = show(&tmp.path().join("d"), &out, &opts).unwrap();
             assert_eq!(files.len(), 2);
             let img = image::open(&files[0]).unwrap().to_rgb8();
-            // 64 px drawn at 6x; train/val add the semantic panel beside it.
-            assert!(img.width() >= 384);
-            if split != "pretrain" {
-                assert!(img.width() >= 2 * 384);
-            }
+            // 64 px drawn at 6x; train/val add the annotated and semantic panels beside it.
+            let panels = if split == "pretrain" { 1 } else { 3 };
+            assert!(img.width() >= panels * 384 && img.width() < (panels + 1) * 384);
         }
         // A JSON file works too, finding images/ and semantic/ beside it.
         let out = tmp.path().join("show-json");

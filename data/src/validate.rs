@@ -143,6 +143,133 @@ pub fn validate_file(
     report
 }
 
+/// Validates a whole OV-Shapes directory: the vocabulary, every instances file (with its
+/// image files), every semantic mask (size equal to its image, labels 0, 255 or a class id) and
+/// every captions file. Returns one report per file checked (semantic masks are reported
+/// against their split's `semantic/` directory).
+pub fn validate_ov_shapes_dir(dir: impl AsRef<Path>) -> Vec<Report> {
+    let dir = dir.as_ref();
+    let mut reports = Vec::new();
+    let blank = |file: PathBuf| Report {
+        file,
+        kind: FileKind::Unknown,
+        problems: Vec::new(),
+        images: 0,
+        annotations: 0,
+        categories: 0,
+    };
+    let vocab_path = dir.join("vocab.toml");
+    let mut vr = blank(vocab_path.clone());
+    let mut class_ids: HashSet<u64> = HashSet::new();
+    match crate::vocab::Vocabulary::load(&vocab_path) {
+        Ok(v) => {
+            vr.categories = v.len();
+            class_ids = v.ids().into_iter().collect();
+        }
+        Err(crate::Error::Problems(ps)) => vr.problems = ps,
+        Err(crate::Error::Invalid(p)) => vr.problems.push(*p),
+        Err(e) => vr
+            .problems
+            .push(Problem::new(&vocab_path, Record::File, None, e.to_string())),
+    }
+    reports.push(vr);
+    for split in ["train", "val"] {
+        let sdir = dir.join(split);
+        let opts = ValidateOptions {
+            images_dir: Some(sdir.join("images")),
+            box_tolerance: 0.0,
+        };
+        let mut files = vec![sdir.join("instances.json")];
+        if split == "train" {
+            files.push(sdir.join("instances_full.json"));
+        }
+        for f in &files {
+            reports.push(validate_file(f, &opts, None));
+        }
+        // Semantic masks against the images of instances.json.
+        let sem_dir = sdir.join("semantic");
+        let mut sr = blank(sem_dir.clone());
+        if let Ok(coco) = CocoDataset::read(&files[0]) {
+            sr.images = coco.images.len();
+            let found: Vec<Vec<Problem>> = coco
+                .images
+                .par_iter()
+                .map(|im| {
+                    let name = im.file_name().unwrap_or_default();
+                    let stem = Path::new(name).file_stem().unwrap_or_default();
+                    let lp = sem_dir.join(format!("{}.png", stem.to_string_lossy()));
+                    let ip = sdir.join("images").join(name);
+                    let sem = match crate::semantic::SemanticMask::read_for_image(
+                        &lp,
+                        &ip,
+                        (im.width as usize, im.height as usize),
+                    ) {
+                        Ok(m) => m,
+                        Err(crate::Error::Invalid(p)) => return vec![*p],
+                        Err(e) => {
+                            return vec![Problem::new(&lp, Record::File, None, e.to_string())];
+                        }
+                    };
+                    let bad: Vec<u16> = sem
+                        .counts()
+                        .into_keys()
+                        .filter(|&v| {
+                            v != 0
+                                && v != crate::semantic::IGNORE_INDEX
+                                && !class_ids.contains(&(v as u64))
+                        })
+                        .collect();
+                    if bad.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![Problem::new(
+                            &lp,
+                            Record::File,
+                            None,
+                            format!("labels {bad:?} are neither 0, 255 nor a class id"),
+                        )]
+                    }
+                })
+                .collect();
+            sr.problems = found.into_iter().flatten().collect();
+        }
+        reports.push(sr);
+    }
+    for split in ["train", "val", "pretrain"] {
+        let cp = dir.join(split).join("captions.jsonl");
+        let mut cr = blank(cp.clone());
+        match crate::ov_shapes::read_captions(&cp) {
+            Ok(recs) => {
+                cr.images = recs.len();
+                let images = dir.join(split).join("images");
+                for (i, r) in recs.iter().enumerate() {
+                    if !images.join(&r.file_name).is_file() {
+                        cr.problems.push(Problem::new(
+                            &cp,
+                            Record::Item {
+                                kind: "line",
+                                index: i,
+                                id: Some(r.image_id),
+                            },
+                            Some("file_name"),
+                            format!(
+                                "image file {} does not exist",
+                                images.join(&r.file_name).display()
+                            ),
+                        ));
+                    }
+                }
+            }
+            Err(crate::Error::Invalid(p)) => cr.problems.push(*p),
+            Err(e) => cr
+                .problems
+                .push(Problem::new(&cp, Record::File, None, e.to_string())),
+        }
+        reports.push(cr);
+    }
+    reports
+}
+
 /// Collects problems for one file.
 struct Checker<'a> {
     file: &'a Path,

@@ -12,9 +12,10 @@ use std::time::Instant;
 /// Make, look at, count and check data.
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
-    /// Generate OV-Shapes, the built-in open-vocabulary benchmark: images of coloured shapes,
-    /// COCO boxes and masks, semantic masks, captions and the base/novel vocabulary.
+    /// Generate OV-Shapes: shape images, COCO boxes and masks, semantic masks, captions, vocab.
     ///
+    /// OV-Shapes is the built-in open-vocabulary benchmark: scenes of coloured shapes, some of
+    /// whose classes are novel (in train they appear in images and captions, unlabelled).
     /// The same --seed and settings give byte-identical files. Layout of DIR:
     ///
     ///   vocab.toml, meta.json;
@@ -29,8 +30,9 @@ pub enum DataCommand {
     Show(ShowArgs),
     /// Print instance and image counts per class for every split (or for one COCO/LVIS file).
     Stats(StatsArgs),
-    /// Check a COCO/LVIS instances file, a COCO results file or a vocabulary TOML, and print
-    /// every problem (file, record, field); exits non-zero when there are any.
+    /// Check a COCO/LVIS instances file, a COCO results file, a vocabulary TOML or a whole
+    /// OV-Shapes directory, and print every problem (file, record, field); exits non-zero when
+    /// there are any.
     Validate(ValidateArgs),
 }
 
@@ -114,7 +116,8 @@ pub struct StatsArgs {
 /// Arguments of `ovkd data validate`.
 #[derive(Args, Debug)]
 pub struct ValidateArgs {
-    /// A COCO/LVIS instances file, a COCO results file (a JSON list) or a vocabulary (.toml).
+    /// A COCO/LVIS instances file, a COCO results file (a JSON list), a vocabulary (.toml), or
+    /// an OV-Shapes directory (every file in it, semantic masks included).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
     /// Image directory: check that every image file exists and has its record's size
@@ -177,8 +180,14 @@ fn synth(a: SynthArgs) -> Result<()> {
             .context("setting up --threads")?;
     }
     let start = Instant::now();
-    let summary = ov_shapes::generate(&a.out, &cfg)
+    let total = cfg.train_images + cfg.val_images + cfg.pretrain_images;
+    let bar = indicatif::ProgressBar::new(total as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images ({eta} left)")
+            .expect("valid template"),
+    );
+    let summary = ov_shapes::generate_with_progress(&a.out, &cfg, &|_| bar.inc(1))
         .with_context(|| format!("generating OV-Shapes into {}", a.out.display()))?;
+    bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let m = &summary.meta;
     println!(
@@ -249,6 +258,22 @@ fn stats_cmd(a: StatsArgs) -> Result<()> {
 
 fn validate_cmd(a: ValidateArgs) -> Result<()> {
     let file = &a.file;
+    if file.is_dir() {
+        let reports = ovkd_data::validate::validate_ov_shapes_dir(file);
+        let n: usize = reports.iter().map(|r| r.problems.len()).sum();
+        for r in &reports {
+            if r.is_ok() {
+                println!("{}: ok", r.file.display());
+            }
+            for p in &r.problems {
+                println!("{p}");
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        return report_problems(file, n, || {});
+    }
     if file.extension().is_some_and(|e| e == "toml") {
         return match Vocabulary::load(file) {
             Ok(v) => {

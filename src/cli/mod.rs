@@ -1,7 +1,9 @@
 //! One module per command group; each has a clap `*Command` and a `run`.
 
 pub mod data;
+pub mod eval;
 pub mod info;
+pub mod report;
 pub mod teacher;
 
 use crate::device::DeviceSpec;

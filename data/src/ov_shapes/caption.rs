@@ -161,7 +161,10 @@ pub(crate) fn caption(
             );
             let mut s = format!("{prefix}{body}");
             if rng.random_bool(0.3) {
-                s.push_str(&format!(" on a {} background", scene.background.word()));
+                s.push_str(&format!(
+                    " against a {} background",
+                    scene.background.word()
+                ));
             }
             s
         }

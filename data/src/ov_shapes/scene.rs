@@ -70,7 +70,7 @@ pub const COLOURS: [NamedColour; 11] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SizeWord {
-    /// Spans less than 22% of the image side.
+    /// Spans (the longer side of its box, unoccluded) less than 22% of the image side.
     Small,
     /// In between.
     Medium,
@@ -528,8 +528,12 @@ pub(crate) fn render(rng: &mut ChaCha8Rng, spec: &SceneSpec) -> Scene {
         }
     }
 
-    // Grain, then quantise.
-    let amp = uniform(rng, 0.0, spec.noise);
+    // Grain on half the images (the other half stays smooth, and small on disk), then quantise.
+    let amp = if rng.random_bool(0.5) {
+        uniform(rng, 0.3 * spec.noise, spec.noise)
+    } else {
+        0.0
+    };
     let mut rgb = vec![0u8; w * h * 3];
     for (px, out) in img.chunks_exact(3).zip(rgb.chunks_exact_mut(3)) {
         let g = if amp > 0.0 {
@@ -551,10 +555,14 @@ pub(crate) fn render(rng: &mut ChaCha8Rng, spec: &SceneSpec) -> Scene {
             let visible = visibles[i].take().expect("kept objects have masks");
             let bbox = visible.bbox().expect("kept objects are visible");
             let area = visible.area();
+            // Size from the drawn shape (its unoccluded mask), not the nominal extent, which
+            // overstates thin shapes such as the diamond.
+            let fb = fulls[i].bbox().expect("kept objects are drawn");
+            let span = f64::from((fb[2] - fb[0]).max(fb[3] - fb[1]));
             SceneObject {
                 class: p.class,
                 colour: colours[i],
-                size: SizeWord::from_fraction(p.extent / side),
+                size: SizeWord::from_fraction(span / side),
                 full: fulls[i].clone(),
                 visible,
                 bbox,
