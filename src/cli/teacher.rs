@@ -286,14 +286,14 @@ fn run_pretrain(ctx: &Context, a: PretrainArgs) -> Result<()> {
     bar.finish();
     let t = &report.time;
     println!(
-        "{} steps in {:.1} s ({:.3} steps/s), final loss {:.4}, 1/T {:.1}; {} pairs ({} single-object); saved to {}",
+        "{} steps in {:.1} s ({:.3} steps/s), final loss {:.4}, 1/T {:.1}; {} pairs ({} objects located by colour); saved to {}",
         report.steps,
         report.seconds,
         report.steps as f64 / report.seconds.max(1e-9),
         report.final_loss,
         report.logit_scale,
         report.pairs,
-        report.single_object,
+        report.objects,
         a.out.display()
     );
     println!(

@@ -90,11 +90,14 @@ impl PretrainConfig {
     /// `quick` (a smoke run of a minute or two), `default` (the built-in teacher, ≤ 10 minutes
     /// on two cores) or `large`.
     pub fn preset(name: &str) -> Result<Self, TeacherError> {
+        // Sized for two shared CPU cores: 5 x 5 patches of 8 px are enough to tell the
+        // OV-Shapes silhouettes apart, and a small tower gets several hundred steps in the
+        // time limit (backward dominates a step).
         let base = Self {
             preset: name.into(),
-            image_size: 64,
+            image_size: 40,
             patch_size: 8,
-            vision_width: 128,
+            vision_width: 96,
             vision_layers: 4,
             vision_heads: 4,
             text_width: 64,
@@ -103,14 +106,14 @@ impl PretrainConfig {
             context_length: 32,
             projection_dim: 64,
             batch_size: 128,
-            steps: 600,
-            max_seconds: 570,
-            lr: 1e-3,
-            warmup: 40,
+            steps: 2000,
+            max_seconds: 540,
+            lr: 1.5e-3,
+            warmup: 30,
             weight_decay: 0.05,
             init_inverse_temperature: 1.0 / 0.07,
             batch: BatchConfig::default(),
-            eval_every: 100,
+            eval_every: 50,
             eval_objects: 240,
             checkpoint_every: 0,
             seed: 0,
@@ -274,8 +277,8 @@ pub struct PretrainReport {
     pub final_loss: f64,
     /// Image-caption pairs read.
     pub pairs: usize,
-    /// Single-object images among them.
-    pub single_object: usize,
+    /// Objects located by colour in them (the object crops are drawn from these).
+    pub objects: usize,
     /// Final inverse temperature exp(logit_scale).
     pub logit_scale: f64,
     /// The zero-shot checks.
@@ -358,7 +361,7 @@ pub fn pretrain(
         ));
     }
     std::fs::create_dir_all(out).map_err(|e| TeacherError::io(out, e))?;
-    let corpus = Corpus::load(&pairs)?;
+    let corpus = Corpus::load(&pairs, cfg.batch.colour_tolerance)?;
     // The vocabulary: every word of every text a batch can hold, and the eval prompt with
     // every class name (and synonym) of the vocabulary.
     let mut texts = corpus.all_texts();
@@ -443,7 +446,7 @@ pub fn pretrain(
             seconds: start.elapsed().as_secs_f64(),
             final_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
             pairs: pairs.len(),
-            single_object: corpus.single_count(),
+            objects: corpus.object_count(),
             logit_scale: temperature(&m)?,
             history: history.to_vec(),
             time: time.clone(),
@@ -593,9 +596,11 @@ mod tests {
         let mut c = PretrainConfig::preset("quick").unwrap();
         c.set("batch_size=12").unwrap();
         c.set("min_crop=0.5").unwrap();
+        c.set("context_max=1.4").unwrap();
         c.set("flip=false").unwrap();
         assert_eq!(c.batch_size, 12);
         assert_eq!(c.batch.min_crop, 0.5);
+        assert_eq!(c.batch.context_max, 1.4);
         assert!(!c.batch.flip);
         let e = c.set("no_such=1").unwrap_err().to_string();
         assert!(
