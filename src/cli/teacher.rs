@@ -269,7 +269,7 @@ fn run_pretrain(ctx: &Context, a: PretrainArgs) -> Result<()> {
             bar.set_message(format!("loss {ema:.3}, lr {lr:.2e}, {pairs:.0} pairs/s"));
         }
         PretrainEvent::Probe(r) => {
-            bar.println(format!(
+            let line = format!(
                 "step {:>5} {:>7.1} s  loss {:.3}  1/T {:5.1}  zero-shot top-1 on {} val objects: all {:.1}%  base {:.1}%  novel {:.1}%",
                 r.step,
                 r.seconds,
@@ -279,7 +279,13 @@ fn run_pretrain(ctx: &Context, a: PretrainArgs) -> Result<()> {
                 100.0 * r.all,
                 100.0 * r.base,
                 100.0 * r.novel
-            ));
+            );
+            // A hidden bar (output not a terminal) drops println; the checks must still show.
+            if bar.is_hidden() {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
         }
     })
     .with_context(|| format!("pre-training on {}", a.data.display()))?;
