@@ -41,18 +41,17 @@ impl DeviceSpec {
     }
 
     /// Resolves `auto` and returns the concrete spec and its Burn device.
+    #[allow(deprecated)] // `Device::libtorch*`: burn-tch is deprecated upstream, still ours
     pub fn resolve(self) -> (Self, Device) {
         match self {
             Self::Auto => {
-                #[cfg(feature = "tch")]
-                {
-                    if burn_tch_cuda_available() {
-                        return Self::TchCuda(0).resolve();
-                    }
-                    return Self::TchCpu.resolve();
+                if burn_tch_cuda_available() {
+                    Self::TchCuda(0).resolve()
+                } else if cfg!(feature = "tch") {
+                    Self::TchCpu.resolve()
+                } else {
+                    Self::Cpu.resolve()
                 }
-                #[allow(unreachable_code)]
-                Self::Cpu.resolve()
             }
             Self::Cpu => (self, Device::flex()),
             #[cfg(feature = "tch")]
@@ -75,10 +74,18 @@ impl DeviceSpec {
     }
 }
 
+/// Whether LibTorch sees a CUDA device (`torch.cuda.device_count() > 0`; burn-tch's device type
+/// 0 is CUDA). A LibTorch without CUDA support, or a machine without a driver or GPU, answers 0.
 #[cfg(feature = "tch")]
-fn burn_tch_cuda_available() -> bool {
-    // Probing LibTorch through Burn would need a tch dependency; leave CUDA detection to the
-    // speed issue, which owns `--device auto`.
+#[allow(deprecated)] // burn-tch is deprecated upstream, but it is the backend that links LibTorch
+pub fn burn_tch_cuda_available() -> bool {
+    use burn::backend::{Backend, LibTorch};
+    <LibTorch as Backend>::device_count(0) > 0
+}
+
+/// Always `false`: a binary built without the `tch` feature has no LibTorch to ask.
+#[cfg(not(feature = "tch"))]
+pub fn burn_tch_cuda_available() -> bool {
     false
 }
 
@@ -93,5 +100,26 @@ mod tests {
         let err = DeviceSpec::parse("gpu").unwrap_err().to_string();
         assert!(err.contains("expected one of"), "{err}");
         assert!(DeviceSpec::parse("tch-cuda:x").is_err());
+    }
+
+    #[test]
+    fn auto_picks_cuda_then_tch_cpu_then_cpu() {
+        let (spec, _) = DeviceSpec::Auto.resolve();
+        #[cfg(feature = "tch")]
+        {
+            let want = if burn_tch_cuda_available() {
+                DeviceSpec::TchCuda(0)
+            } else {
+                DeviceSpec::TchCpu
+            };
+            assert_eq!(spec, want);
+        }
+        #[cfg(not(feature = "tch"))]
+        {
+            assert!(!burn_tch_cuda_available());
+            assert_eq!(spec, DeviceSpec::Cpu);
+            let err = DeviceSpec::parse("tch-cuda:0").unwrap_err().to_string();
+            assert!(err.contains("--features tch"), "{err}");
+        }
     }
 }

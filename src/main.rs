@@ -6,6 +6,7 @@
 mod cli;
 mod config;
 mod device;
+mod pipeline;
 mod report;
 
 use anyhow::Result;
@@ -37,10 +38,30 @@ enum Command {
     Data(cli::data::DataCommand),
     /// The CLIP teacher: parity checks, tokenizer, pre-training, zero-shot eval, region cache.
     Teacher(cli::teacher::TeacherCommand),
+    /// Class-agnostic proposals for ViLD-image: train an RPN on the base boxes (or take a
+    /// file) and propose boxes for every training image.
+    Proposals(cli::proposals::ProposalsArgs),
+    /// Train a student.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Predict with a trained student for any class names: COCO results and drawings.
+    Predict(cli::predict::PredictArgs),
     /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
     Eval(cli::eval::EvalCommand),
     /// Write an HTML (and Markdown) report of a run directory.
     Report(cli::report::ReportArgs),
+    /// Run every stage of an experiment in one run directory (data, teacher, proposals,
+    /// students, eval, report), skipping stages whose inputs are unchanged.
+    Pipeline(cli::pipeline::PipelineArgs),
+    /// Run an experiment many times with keys varied and collect every run's metrics into one
+    /// table (Parquet, CSV, Markdown).
+    Sweep(cli::sweep::SweepArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum TrainCommand {
+    /// The detector: ViLD (ViLD-text + ViLD-image), then box AP on the val split.
+    Detector(cli::train_detector::TrainDetectorArgs),
 }
 
 fn main() {
@@ -56,13 +77,29 @@ fn run(cli: Cli) -> Result<()> {
     let ctx = cli::Context {
         device: device::DeviceSpec::parse(&cli.device)?,
     };
+    tracing::info!("device: {}", ctx.device.resolve().0.name());
     match cli.command {
         Command::Info => cli::info::run(&ctx),
         Command::Data(cmd) => cli::data::run(&ctx, cmd),
         Command::Teacher(cmd) => cli::teacher::run(&ctx, cmd),
+        Command::Proposals(args) => cli::proposals::run(&ctx, args),
+        Command::Train(TrainCommand::Detector(args)) => cli::train_detector::run(&ctx, args),
+        Command::Predict(args) => cli::predict::run(&ctx, args),
         Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
         Command::Report(a) => cli::report::run(&ctx, a),
+        Command::Pipeline(a) => cli::pipeline::run(&ctx, a),
+        Command::Sweep(a) => cli::sweep::run(&ctx, a),
     }
+}
+
+/// Runs `ovkd ARGS...` in this process with `ctx`'s device: the pipeline's stages are the
+/// commands a user would type.
+pub(crate) fn run_subcommand(ctx: &cli::Context, args: &[String]) -> Result<()> {
+    let mut argv = vec!["ovkd".to_string(), "--device".into(), ctx.device.name()];
+    argv.extend(args.iter().cloned());
+    tracing::info!("ovkd {}", args.join(" "));
+    let cli = Cli::try_parse_from(argv)?;
+    run(cli)
 }
 
 fn init_logging(verbose: u8) {

@@ -735,8 +735,27 @@ mod tests {
                 }
                 let m = b.masks_tensor(i, &device).unwrap();
                 assert_eq!(m.dims()[0], b.meta.boxes[i].len());
+                // Through the whole pipeline (jitter, flip, batching) each instance mask's
+                // tight box is its transformed box, to within the one pixel that resampling a
+                // mask can move an edge.
+                let masks = &b.meta.masks.as_ref().expect("masks are loaded")[i];
+                assert_eq!(masks.len(), b.meta.boxes[i].len());
+                for (j, mask) in masks.iter().enumerate() {
+                    assert_eq!([mask.height(), mask.width()], [ih, iw]);
+                    let mb = mask.bbox().expect("objects stay visible");
+                    let bb = b.meta.boxes[i].get(j).unwrap();
+                    for k in 0..4 {
+                        assert!((mb[k] - bb[k]).abs() <= 1.0, "{mb:?} vs {bb:?}");
+                    }
+                }
             }
         }
+        let flips = batches
+            .iter()
+            .flat_map(|b| b.meta.flipped.iter())
+            .filter(|&&f| f)
+            .count();
+        assert!((1..7).contains(&flips), "{flips} of 7 flipped");
         // The same epoch again gives the same batches; another epoch another order.
         let again: Vec<Batch> = loader.epoch(0, &device).map(|b| b.unwrap()).collect();
         for (a, b) in batches.iter().zip(&again) {

@@ -191,27 +191,24 @@ fn upscale(img: &RgbImage, k: u32) -> RgbImage {
 
 /// Draws a rectangle outline just outside the box `[x1, y1, x2, y2]` (upscaled by `k`), so a
 /// tight box hugs its object without covering it.
-fn draw_box(canvas: &mut RgbImage, b: [f32; 4], k: u32, colour: Rgb<u8>, thick: i32, dashed: bool) {
+fn draw_box(canvas: &mut RgbImage, b: [f32; 4], k: u32, colour: Rgb<u8>, thick: i32) {
     let k = k as f32;
     let (x1, y1) = ((b[0] * k).round() as i32, (b[1] * k).round() as i32);
     let (x2, y2) = ((b[2] * k).round() as i32, (b[3] * k).round() as i32);
     let (w, h) = (canvas.width() as i32, canvas.height() as i32);
-    let mut put = |x: i32, y: i32, along: i32| {
-        if dashed && (along / 4) % 2 == 1 {
-            return;
-        }
+    let mut put = |x: i32, y: i32| {
         if x >= 0 && y >= 0 && x < w && y < h {
             canvas.put_pixel(x as u32, y as u32, colour);
         }
     };
     for t in 1..=thick {
         for x in (x1 - t)..=(x2 - 1 + t) {
-            put(x, y1 - t, x);
-            put(x, y2 - 1 + t, x);
+            put(x, y1 - t);
+            put(x, y2 - 1 + t);
         }
         for y in (y1 - t)..=(y2 - 1 + t) {
-            put(x1 - t, y, y);
-            put(x2 - 1 + t, y, y);
+            put(x1 - t, y);
+            put(x2 - 1 + t, y);
         }
     }
 }
@@ -233,6 +230,57 @@ fn draw_label(canvas: &mut RgbImage, font: &FontRef, text: &str, x: i32, y: i32,
         Rgb([255, 255, 255])
     };
     draw_text_mut(canvas, fg, x + 2, y + 1, scale, font, text);
+}
+
+/// The text of a novel object's tag.
+fn novel_tag_text(name: &str) -> String {
+    format!("{name}: novel, no box")
+}
+
+/// Where the tag of an unlabelled object goes (panel pixels): centred on the pixel of its mask
+/// nearest the mask's centroid (inside the shape even for a crescent), kept inside the panel.
+fn novel_tag_rect(
+    a: &CocoAnnotation,
+    h: u32,
+    w: u32,
+    k: u32,
+    font: &FontRef,
+    name: &str,
+    panel_w: u32,
+) -> Option<Rect> {
+    let mask = a.segmentation.as_ref()?.to_rle(h, w).ok()?.decode().ok()?;
+    let pixels: Vec<(usize, usize)> = (0..h as usize)
+        .flat_map(|y| (0..w as usize).map(move |x| (x, y)))
+        .filter(|&(x, y)| mask.get(x, y))
+        .collect();
+    if pixels.is_empty() {
+        return None;
+    }
+    let n = pixels.len() as f64;
+    let cx = pixels.iter().map(|p| p.0 as f64).sum::<f64>() / n;
+    let cy = pixels.iter().map(|p| p.1 as f64).sum::<f64>() / n;
+    let d = |p: &&(usize, usize)| (p.0 as f64 - cx).powi(2) + (p.1 as f64 - cy).powi(2);
+    let &(x, y) = pixels.iter().min_by(|p, q| d(p).total_cmp(&d(q)))?;
+    let (tw, th) = text_size(PxScale::from(13.0), font, &novel_tag_text(name));
+    let (rw, rh) = (tw + 4, th + 4);
+    let px = ((x as u32 * k + k / 2) as i32 - rw as i32 / 2)
+        .clamp(0, (panel_w as i32 - rw as i32).max(0));
+    let py = ((y as u32 * k + k / 2) as i32 - rh as i32 / 2)
+        .clamp(0, (h as i32 * k as i32 - rh as i32).max(0));
+    Some(Rect::at(px, py).of_size(rw, rh))
+}
+
+fn draw_tag(canvas: &mut RgbImage, font: &FontRef, name: &str, rect: Rect) {
+    draw_filled_rect_mut(canvas, rect, Rgb([225, 225, 225]));
+    draw_text_mut(
+        canvas,
+        Rgb([40, 40, 40]),
+        rect.left() + 2,
+        rect.top() + 1,
+        PxScale::from(13.0),
+        font,
+        &novel_tag_text(name),
+    );
 }
 
 fn wrap(text: &str, font: &FontRef, scale: PxScale, width: u32) -> Vec<String> {
@@ -286,8 +334,17 @@ fn overlay_instances(
                     || !mask.get(x, y + 1);
                 for dy in 0..k {
                     for dx in 0..k {
-                        let p = panel.get_pixel_mut(x as u32 * k + dx, y as u32 * k + dy);
-                        blend(p, colour, if edge { 0.8 } else { fill_alpha });
+                        let (px, py) = (x as u32 * k + dx, y as u32 * k + dy);
+                        // The fill is striped so the object's own colour shows between the
+                        // stripes (a solid tint can turn, say, a green shape grey).
+                        let a = if edge {
+                            0.8
+                        } else if (px + py) % 6 < 3 {
+                            fill_alpha
+                        } else {
+                            continue;
+                        };
+                        blend(panel.get_pixel_mut(px, py), colour, a);
                     }
                 }
             }
@@ -367,19 +424,9 @@ pub fn show(input: &Path, out_dir: &Path, opts: &ShowOptions) -> Result<Vec<Path
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
-        overlay_instances(&mut panel, &anns, h, w, k, 0.35)?;
-        for a in &hidden_anns {
-            draw_box(&mut panel, a.bbox_xyxy(), k, Rgb([235, 235, 235]), 1, true);
-        }
+        overlay_instances(&mut panel, &anns, h, w, k, 0.6)?;
         for a in &anns {
-            draw_box(
-                &mut panel,
-                a.bbox_xyxy(),
-                k,
-                class_colour(a.category_id),
-                2,
-                false,
-            );
+            draw_box(&mut panel, a.bbox_xyxy(), k, class_colour(a.category_id), 2);
         }
         let name_of = |a: &CocoAnnotation| {
             src.names
@@ -402,16 +449,12 @@ pub fn show(input: &Path, out_dir: &Path, opts: &ShowOptions) -> Result<Vec<Path
                 class_colour(a.category_id),
             );
         }
+        // Novel objects in train have no box and no mask: they get only a grey tag on the
+        // object, so one sees they are there and unlabelled.
         for a in &hidden_anns {
-            let b = a.bbox_xyxy();
-            draw_label(
-                &mut panel,
-                &font,
-                &format!("{} (novel, no label)", name_of(a)),
-                (b[0] * k as f32) as i32 - 1,
-                (b[3] * k as f32) as i32 + 20,
-                Rgb([235, 235, 235]),
-            );
+            if let Some(rect) = novel_tag_rect(a, h, w, k, &font, &name_of(a), panel.width()) {
+                draw_tag(&mut panel, &font, &name_of(a), rect);
+            }
         }
 
         // Semantic mask beside the image, when there is one.
@@ -462,7 +505,7 @@ pub fn show(input: &Path, out_dir: &Path, opts: &ShowOptions) -> Result<Vec<Path
                 );
             }
             if src.unlabelled.is_some() {
-                legend.push_str("; dashed: novel objects, which have no label in train");
+                legend.push_str("; grey tags: novel objects, which have no box or mask in train");
             }
             text_lines.extend(wrap(&legend, &font, scale, panels_w - 8));
         }
@@ -508,6 +551,79 @@ pub fn show(input: &Path, out_dir: &Path, opts: &ShowOptions) -> Result<Vec<Path
 mod tests {
     use super::*;
     use crate::ov_shapes::{Preset, SynthConfig, generate};
+
+    #[test]
+    fn novel_objects_in_train_get_no_box_or_mask() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = SynthConfig::preset(Preset::Quick);
+        cfg.train_images = 8;
+        cfg.val_images = 1;
+        cfg.pretrain_images = 0;
+        cfg.image_size = 64;
+        cfg.seed = 2;
+        // Every class but the circle is novel, so most train images have no labels at all.
+        cfg.novel = cfg
+            .classes
+            .iter()
+            .filter(|c| *c != "circle")
+            .cloned()
+            .collect();
+        let root = tmp.path().join("d");
+        generate(&root, &cfg).unwrap();
+        let d = OvShapesDir::open(&root).unwrap();
+        let train = CocoDataset::read(d.instances_path("train")).unwrap();
+        let full = CocoDataset::read(d.instances_full_path()).unwrap();
+        let out = tmp.path().join("show");
+        let opts = ShowOptions {
+            split: Some("train".into()),
+            limit: 8,
+            ..Default::default()
+        };
+        let files = show(&root, &out, &opts).unwrap();
+        let font = font();
+        let (k, side) = (6u32, 64u32 * 6);
+        let mut checked = 0;
+        for (img, file) in full.images.iter().zip(&files) {
+            if train.annotations.iter().any(|a| a.image_id == img.id) {
+                continue;
+            }
+            let novel: Vec<&CocoAnnotation> = full
+                .annotations
+                .iter()
+                .filter(|a| a.image_id == img.id)
+                .collect();
+            assert!(!novel.is_empty());
+            let tags: Vec<Rect> = novel
+                .iter()
+                .map(|a| {
+                    let name = &full.category(a.category_id).unwrap().name;
+                    novel_tag_rect(a, 64, 64, k, &font, name, side).unwrap()
+                })
+                .collect();
+            let drawn = image::open(file).unwrap().to_rgb8();
+            let mut tagged = 0;
+            for y in 0..side {
+                for x in 0..side {
+                    let raw = drawn.get_pixel(x, y);
+                    let annotated = drawn.get_pixel(side + 8 + x, y);
+                    let in_tag = tags.iter().any(|r| {
+                        (x as i32) >= r.left()
+                            && (x as i32) <= r.right()
+                            && (y as i32) >= r.top()
+                            && (y as i32) <= r.bottom()
+                    });
+                    if in_tag {
+                        tagged += (raw != annotated) as u32;
+                    } else {
+                        assert_eq!(raw, annotated, "{file:?}: drawn at ({x}, {y}) outside tags");
+                    }
+                }
+            }
+            assert!(tagged > 0, "{file:?}: no tag drawn");
+            checked += 1;
+        }
+        assert!(checked >= 2, "only {checked} label-free images");
+    }
 
     #[test]
     fn draws_every_split_with_masks_and_boxes() {

@@ -707,7 +707,9 @@ pub(crate) fn check_instances_value(
         file_name: Option<String>,
     }
     let mut image_ids: HashMap<u64, ImageInfo> = HashMap::new();
-    let mut image_files: Vec<(usize, Option<u64>, String, Option<(u64, u64)>)> = Vec::new();
+    // (record index, image id, file name, (width, height) from the record)
+    type ImageFile = (usize, Option<u64>, String, Option<(u64, u64)>);
+    let mut image_files: Vec<ImageFile> = Vec::new();
     for (i, v) in images.iter().enumerate() {
         let Some(obj) = v.as_object() else {
             c.push(
@@ -1107,6 +1109,27 @@ mod tests {
             "D/inst.json: annotation id 4 (#4), field `segmentation[0]`: a polygon needs an even number of coordinates, at least 6 (3 points); found 3",
         ];
         assert_eq!(got, want, "got:\n{}", got.join("\n"));
+    }
+
+    #[test]
+    fn boxes_left_of_or_above_the_image_and_negative_heights() {
+        let mut v = good();
+        v["annotations"][0]["bbox"] = json!([-3, 1, 2, 2]);
+        let mut b = v["annotations"][0].clone();
+        b["id"] = json!(2);
+        b["bbox"] = json!([1, -2, 2, -1]);
+        v["annotations"].as_array_mut().unwrap().push(b);
+        let got = run(v, &Default::default());
+        assert_eq!(
+            got,
+            [
+                "D/inst.json: annotation id 1 (#0), field `bbox`: box [-3, 1, 2, 2] lies outside the 10x8 image a.png: x = -3 < 0",
+                "D/inst.json: annotation id 2 (#1), field `bbox`: negative size: width 2, height -1 in [1, -2, 2, -1]",
+                "D/inst.json: annotation id 2 (#1), field `bbox`: box [1, -2, 2, -1] lies outside the 10x8 image a.png: y = -2 < 0",
+            ],
+            "got:\n{}",
+            got.join("\n")
+        );
     }
 
     #[test]

@@ -27,12 +27,34 @@ pub enum DataCommand {
     Synth(SynthArgs),
     /// Draw images with their boxes, class names, instance masks, semantic mask and caption
     /// into PNGs, one per image, to look at.
+    ///
+    /// Each OUT/NNNNNN.png has three panels: the image; the image with every labelled object's
+    /// box, class name and (striped) instance mask; the semantic mask (black = background,
+    /// grey hatching = ignore 255). Below them: the caption and a legend. In the train split of
+    /// OV-Shapes the novel objects get only a grey "novel, no box" tag: they have no box or
+    /// mask there, and their pixels are ignore in the semantic mask. Pretrain images are
+    /// drawn with their caption only.
+    #[command(verbatim_doc_comment)]
     Show(ShowArgs),
     /// Print instance and image counts per class for every split (or for one COCO/LVIS file).
+    ///
+    /// For an OV-Shapes directory: images, instances and images without any instance per
+    /// split, then per class (marked base or novel) its instances and, in brackets, the images
+    /// containing it, in train (labelled: no novel), train (all objects), val and pretrain
+    /// (counted from the captions). --json prints the same numbers as JSON.
     Stats(StatsArgs),
     /// Check a COCO/LVIS instances file, a COCO results file, a vocabulary TOML or a whole
     /// OV-Shapes directory, and print every problem (file, record, field); exits non-zero when
     /// there are any.
+    ///
+    /// Checked: the JSON parses (a truncated file is named as such, with line and column);
+    /// required fields and their types; duplicate image, annotation and category ids;
+    /// annotations pointing at unknown images or categories; boxes with negative size or
+    /// outside their image (beyond --box-tolerance); RLE and polygon segmentations against the
+    /// image size; LVIS fields (frequency, neg/not-exhaustive category ids); with an image
+    /// directory, that every image file exists and has its record's size; for a results file,
+    /// its ids against --gt; for a directory, also each semantic mask against its image's size.
+    /// Every problem in a file is printed, one per line, not only the first.
     Validate(ValidateArgs),
 }
 
@@ -76,7 +98,8 @@ pub struct SynthArgs {
     /// `--set help=1` lists them. All settings end up in DIR/meta.json.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Worker threads (default: one per core).
+    /// Worker threads for generating images in parallel (default: one per core). The files do
+    /// not depend on it.
     #[arg(long)]
     pub threads: Option<usize>,
 }
@@ -90,11 +113,11 @@ pub struct ShowArgs {
     /// Directory for the drawings (created if needed).
     #[arg(long, value_name = "OUT")]
     pub out: PathBuf,
-    /// Split of an OV-Shapes directory: train (novel objects dashed, unlabelled), val or
-    /// pretrain.
+    /// Split of an OV-Shapes directory: train (novel objects tagged, with no box or mask),
+    /// val (everything labelled) or pretrain (captions only). Ignored for a JSON input.
     #[arg(long, default_value = "train")]
     pub split: String,
-    /// Draw at most this many images.
+    /// Draw at most this many images (the first ones, in file order).
     #[arg(long, default_value_t = 16)]
     pub limit: usize,
     /// Image directory for a JSON input (default: images/ beside it, else its folder).
@@ -108,7 +131,7 @@ pub struct StatsArgs {
     /// An OV-Shapes directory or a COCO/LVIS instances JSON file.
     #[arg(value_name = "DIR_OR_JSON")]
     pub input: PathBuf,
-    /// Print JSON instead of a table.
+    /// Print JSON instead of a table (the same counts, for scripts).
     #[arg(long)]
     pub json: bool,
 }

@@ -3,8 +3,13 @@
 pub mod data;
 pub mod eval;
 pub mod info;
+pub mod pipeline;
+pub mod predict;
+pub mod proposals;
 pub mod report;
+pub mod sweep;
 pub mod teacher;
+pub mod train_detector;
 
 use crate::device::DeviceSpec;
 

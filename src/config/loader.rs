@@ -143,6 +143,9 @@ pub struct Layered {
     origins: BTreeMap<String, Origin>,
     /// Every file read, in the order read (parents first).
     pub files: Vec<PathBuf>,
+    /// Prepended to keys in errors: a view made by [`Layered::sub`] reports `detector.train.lr`,
+    /// not `train.lr`.
+    key_prefix: String,
 }
 
 impl Layered {
@@ -293,6 +296,37 @@ impl Layered {
         Ok(())
     }
 
+    /// The table at `key` as a config of its own (values, origins and files kept), or an
+    /// empty one when `key` is absent. Errors from the view name the full key.
+    pub fn sub(&self, key: &str) -> Result<Layered, ConfigError> {
+        let table = match self.table.get(key) {
+            None => Table::new(),
+            Some(Value::Table(t)) => t.clone(),
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: format!("{}{key}", self.key_prefix),
+                    origin: self.origin(key),
+                    message: format!("expected a table, got {}", other.type_str()),
+                });
+            }
+        };
+        let prefix = format!("{key}.");
+        let origins = self
+            .origins
+            .iter()
+            .filter_map(|(k, o)| {
+                k.strip_prefix(&prefix)
+                    .map(|rest| (rest.to_string(), o.clone()))
+            })
+            .collect();
+        Ok(Layered {
+            table,
+            origins,
+            files: self.files.clone(),
+            key_prefix: format!("{}{prefix}", self.key_prefix),
+        })
+    }
+
     /// Where `key` was set; for a key that was never set, its nearest table's origin.
     pub fn origin(&self, key: &str) -> Origin {
         let mut k = key;
@@ -339,7 +373,7 @@ impl Layered {
             };
             ConfigError::Invalid {
                 origin: self.origin(&key),
-                key,
+                key: format!("{}{key}", self.key_prefix),
                 message,
             }
         })?;
@@ -349,14 +383,15 @@ impl Layered {
             let mut message = first.message.clone();
             for more in &problems[1..] {
                 message.push_str(&format!(
-                    "\n  {}: `{}`: {}",
+                    "\n  {}: `{}{}`: {}",
                     self.origin(&more.key),
+                    self.key_prefix,
                     more.key,
                     more.message
                 ));
             }
             return Err(ConfigError::Invalid {
-                key: first.key.clone(),
+                key: format!("{}{}", self.key_prefix, first.key),
                 origin: self.origin(&first.key),
                 message,
             });
@@ -593,6 +628,36 @@ mod tests {
         assert_eq!(cfg.distill.method, "baron");
         assert_eq!(cfg.distill.vild_image_weight, 1.0);
         assert_eq!(l.origin("distill.method"), Origin::Override(2));
+    }
+
+    #[test]
+    fn a_section_view_reports_full_keys_and_their_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "pipe.toml",
+            "[student]\nname = \"s\"\n[student.train]\nlr = 0.1\nbogus = 3\n[student.distill]\nmethod = \"vild\"\n",
+        );
+        let l = Layered::load(&path).unwrap();
+        let err = l.sub("student").unwrap().deserialize::<Exp>().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("pipe.toml:5"), "{msg}");
+        assert!(msg.contains("`student.train.bogus`"), "{msg}");
+        let mut fixed = Layered::load(&path).unwrap();
+        fixed.table["student"]["train"]
+            .as_table_mut()
+            .unwrap()
+            .remove("bogus");
+        let cfg: Exp = fixed.sub("student").unwrap().deserialize().unwrap();
+        assert_eq!(cfg.train.lr, 0.1);
+        // A section that is not a table is named as such.
+        let mut bad = Layered::load(&path).unwrap();
+        bad.apply_overrides(&["student=3".into()]).unwrap();
+        let msg = bad.sub("student").unwrap_err().to_string();
+        assert!(
+            msg.contains("`student`") && msg.contains("--set #1"),
+            "{msg}"
+        );
     }
 
     #[test]

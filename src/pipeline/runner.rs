@@ -21,8 +21,10 @@ pub trait Stage {
     fn upstream(&self) -> &'static [&'static str];
     /// Top-level config keys (dotted) whose values decide whether this stage must rerun.
     fn config_keys(&self) -> &'static [&'static str];
-    /// Does the work, resuming what a killed earlier attempt left.
-    fn run(&self, run_dir: &Path) -> Result<()>;
+    /// Does the work. `resume` is true when an attempt with the same inputs was started and
+    /// killed: the stage continues what it left (training from its checkpoints). When false the
+    /// stage must start from nothing, removing what an attempt with other inputs left.
+    fn run(&self, run_dir: &Path, resume: bool) -> Result<()>;
 }
 
 /// What `RUN/.stages/NAME.json` holds.
@@ -103,7 +105,10 @@ pub fn run_stages(
     let names: Vec<&str> = stages.iter().map(|s| s.name()).collect();
     for flag in [&opts.from, &opts.only].into_iter().flatten() {
         if !names.contains(&flag.as_str()) {
-            bail!("unknown stage `{flag}`; the stages are: {}", names.join(", "));
+            bail!(
+                "unknown stage `{flag}`; the stages are: {}",
+                names.join(", ")
+            );
         }
     }
     let mut hashes: BTreeMap<&str, String> = BTreeMap::new();
@@ -136,8 +141,12 @@ pub fn run_stages(
             for up in stage.upstream() {
                 match read_record(run_dir, up) {
                     Some(r) if Some(&r.hash) == hashes.get(up) => {}
-                    Some(_) => bail!("`{name}` needs `{up}`, whose inputs changed since it ran: run the pipeline without --only, or with --from {up}"),
-                    None if names.contains(up) => bail!("`{name}` needs `{up}`, which has not finished: run the pipeline without --only first"),
+                    Some(_) => bail!(
+                        "`{name}` needs `{up}`, whose inputs changed since it ran: run the pipeline without --only, or with --from {up}"
+                    ),
+                    None if names.contains(up) => bail!(
+                        "`{name}` needs `{up}`, which has not finished: run the pipeline without --only first"
+                    ),
                     None => {}
                 }
             }
@@ -148,11 +157,29 @@ pub fn run_stages(
             outcomes.push((name.to_string(), Outcome::Skipped));
             continue;
         }
-        tracing::info!("{name}: running");
+        let started = records_dir(run_dir).join(format!("{name}.started"));
+        // Only an unfinished attempt with these very inputs is continued; --from and --only
+        // ask for a fresh run.
+        let resume = !forcing
+            && opts.only.is_none()
+            && std::fs::read_to_string(&started).is_ok_and(|h| h == hash);
+        std::fs::create_dir_all(records_dir(run_dir))?;
+        ovkd_data::io::write_atomic(&started, hash.as_bytes())
+            .with_context(|| started.display().to_string())?;
+        tracing::info!("{name}: {}", if resume { "resuming" } else { "running" });
         let t0 = Instant::now();
-        stage.run(run_dir).with_context(|| format!("stage `{name}`"))?;
+        stage
+            .run(run_dir, resume)
+            .with_context(|| format!("stage `{name}`"))?;
         let seconds = t0.elapsed().as_secs_f64();
-        write_record(run_dir, &StageRecord { stage: name.to_string(), hash, seconds })?;
+        write_record(
+            run_dir,
+            &StageRecord {
+                stage: name.to_string(),
+                hash,
+                seconds,
+            },
+        )?;
         tracing::info!("{name}: done in {seconds:.1} s");
         outcomes.push((name.to_string(), Outcome::Ran(seconds)));
     }
@@ -182,8 +209,10 @@ mod tests {
         fn config_keys(&self) -> &'static [&'static str] {
             self.keys
         }
-        fn run(&self, run_dir: &Path) -> Result<()> {
-            self.log.with(|l| l.borrow_mut().push(self.name.to_string()));
+        fn run(&self, run_dir: &Path, resume: bool) -> Result<()> {
+            let tag = if resume { "+" } else { "" };
+            self.log
+                .with(|l| l.borrow_mut().push(format!("{}{tag}", self.name)));
             if self.fail {
                 bail!("killed");
             }
@@ -196,9 +225,27 @@ mod tests {
 
     fn stages(fail_b: bool) -> Vec<Fake> {
         vec![
-            Fake { name: "a", up: &[], keys: &["data"], log: &LOG, fail: false },
-            Fake { name: "b", up: &["a"], keys: &["train"], log: &LOG, fail: fail_b },
-            Fake { name: "c", up: &["b"], keys: &[], log: &LOG, fail: false },
+            Fake {
+                name: "a",
+                up: &[],
+                keys: &["data"],
+                log: &LOG,
+                fail: false,
+            },
+            Fake {
+                name: "b",
+                up: &["a"],
+                keys: &["train"],
+                log: &LOG,
+                fail: fail_b,
+            },
+            Fake {
+                name: "c",
+                up: &["b"],
+                keys: &[],
+                log: &LOG,
+                fail: false,
+            },
         ]
     }
 
@@ -216,12 +263,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let cfg = "[data]\nn = 1\n[train]\nlr = 0.1\n";
-        assert_eq!(run(cfg, d, &RunOptions::default(), false).unwrap(), ["a", "b", "c"]);
-        assert!(run(cfg, d, &RunOptions::default(), false).unwrap().is_empty());
+        assert_eq!(
+            run(cfg, d, &RunOptions::default(), false).unwrap(),
+            ["a", "b", "c"]
+        );
+        assert!(
+            run(cfg, d, &RunOptions::default(), false)
+                .unwrap()
+                .is_empty()
+        );
         let cfg2 = "[data]\nn = 1\n[train]\nlr = 0.2\n";
-        assert_eq!(run(cfg2, d, &RunOptions::default(), false).unwrap(), ["b", "c"]);
+        assert_eq!(
+            run(cfg2, d, &RunOptions::default(), false).unwrap(),
+            ["b", "c"]
+        );
         let cfg3 = "[data]\nn = 2\n[train]\nlr = 0.2\n";
-        assert_eq!(run(cfg3, d, &RunOptions::default(), false).unwrap(), ["a", "b", "c"]);
+        assert_eq!(
+            run(cfg3, d, &RunOptions::default(), false).unwrap(),
+            ["a", "b", "c"]
+        );
     }
 
     #[test]
@@ -231,12 +291,24 @@ mod tests {
         let cfg = "[data]\nn = 1\n";
         assert!(run(cfg, d, &RunOptions::default(), true).is_err());
         assert!(read_record(d, "a").is_some() && read_record(d, "b").is_none());
-        assert_eq!(run(cfg, d, &RunOptions::default(), false).unwrap(), ["b", "c"]);
-        let from = RunOptions { from: Some("b".into()), only: None };
+        assert_eq!(
+            run(cfg, d, &RunOptions::default(), false).unwrap(),
+            ["b+", "c"]
+        );
+        let from = RunOptions {
+            from: Some("b".into()),
+            only: None,
+        };
         assert_eq!(run(cfg, d, &from, false).unwrap(), ["b", "c"]);
-        let only = RunOptions { from: None, only: Some("c".into()) };
+        let only = RunOptions {
+            from: None,
+            only: Some("c".into()),
+        };
         assert_eq!(run(cfg, d, &only, false).unwrap(), ["c"]);
-        let bad = RunOptions { from: Some("zzz".into()), only: None };
+        let bad = RunOptions {
+            from: Some("zzz".into()),
+            only: None,
+        };
         let err = run(cfg, d, &bad, false).unwrap_err().to_string();
         assert!(err.contains("unknown stage `zzz`"), "{err}");
     }
@@ -244,7 +316,10 @@ mod tests {
     #[test]
     fn only_refuses_when_upstream_is_missing() {
         let dir = tempfile::tempdir().unwrap();
-        let only = RunOptions { from: None, only: Some("b".into()) };
+        let only = RunOptions {
+            from: None,
+            only: Some("b".into()),
+        };
         let err = run("", dir.path(), &only, false).unwrap_err().to_string();
         assert!(err.contains("needs `a`, which has not finished"), "{err}");
     }

@@ -57,7 +57,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the same config would give different files.
-pub const GENERATOR_VERSION: u32 = 1;
+pub const GENERATOR_VERSION: u32 = 2;
 
 /// The default novel classes: distinctive silhouettes, so distillation has a fair chance.
 pub const DEFAULT_NOVEL: [&str; 4] = ["star", "heart", "crescent", "arrow"];
@@ -1047,6 +1047,39 @@ mod tests {
         let pre = d.captions("pretrain").unwrap();
         assert_eq!(pre.len(), 8);
         assert!(pre.iter().all(|r| (1..=3).contains(&r.objects.len())));
+    }
+
+    #[test]
+    fn every_generated_caption_names_every_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = tiny(5);
+        cfg.train_images = 60;
+        cfg.val_images = 20;
+        cfg.pretrain_images = 80;
+        let out = dir.path().join("d");
+        generate(&out, &cfg).unwrap();
+        let d = OvShapesDir::open(&out).unwrap();
+        let mut by_count = BTreeMap::new();
+        for (split, style) in [
+            ("train", Style::Plain),
+            ("val", Style::Plain),
+            ("pretrain", Style::Varied),
+        ] {
+            for r in d.captions(split).unwrap() {
+                let objects: Vec<(SizeWord, &str, &str)> = r
+                    .objects
+                    .iter()
+                    .map(|o| (o.size, o.colour.as_str(), o.class.as_str()))
+                    .collect();
+                *by_count.entry(objects.len()).or_insert(0) += 1;
+                if let Err(e) = caption::check_caption(&r.caption, &objects, style) {
+                    panic!("{split} image {}: {e}", r.image_id);
+                }
+            }
+        }
+        // Two-object scenes (where the first phrase used to go missing) are common.
+        assert!(by_count.get(&2).copied().unwrap_or(0) >= 10, "{by_count:?}");
+        assert!(by_count.keys().any(|&n| n >= 4), "{by_count:?}");
     }
 
     #[test]

@@ -138,8 +138,8 @@ impl Shape {
             Shape::Pentagon => in_convex(&PENTAGON, u, v),
             Shape::Crescent => u * u + v * v <= 1.0 && (u - 0.42) * (u - 0.42) + v * v > 0.8 * 0.8,
             Shape::Arrow => {
-                (u >= -1.0 && u <= 0.15 && v.abs() <= 0.24)
-                    || (u >= 0.15 && u <= 1.0 && v.abs() <= 0.75 * (1.0 - u) / 0.85)
+                ((-1.0..=0.15).contains(&u) && v.abs() <= 0.24)
+                    || ((0.15..=1.0).contains(&u) && v.abs() <= 0.75 * (1.0 - u) / 0.85)
             }
         }
     }

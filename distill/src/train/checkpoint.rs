@@ -2,8 +2,9 @@
 //! state, written into a temporary folder and renamed into place, so a kill never leaves a
 //! half-written checkpoint that a resume would pick up.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::ModuleOptimizer;
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -114,6 +115,11 @@ impl Checkpoints {
         }
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         let model_path = tmp.join(MODEL);
+        // A running statistic (batch norm's mean and variance) keeps its newest update aside
+        // until it is synchronised, and the record takes the older value; `valid()` syncs the
+        // state that the model's clones share, so the checkpoint holds the current statistics
+        // and a resumed run continues from exactly where this one is.
+        let _ = model.valid();
         model
             .clone()
             .save_file(&model_path)
@@ -158,12 +164,14 @@ impl Checkpoints {
         optim: ModuleOptimizer,
     ) -> Result<(M, ModuleOptimizer, LoopState), CheckpointError> {
         let model_path = path.join(MODEL);
+        let flags = require_grad_flags(&model);
         let model = model
             .try_load_file(&model_path)
             .map_err(|e| CheckpointError::Record {
                 path: model_path.clone(),
                 message: e.to_string(),
             })?;
+        let model = set_require_grad_flags(model, flags);
         let optim_path = path.join(OPTIM);
         let optim = optim
             .load(&optim_path)
@@ -186,11 +194,44 @@ impl Checkpoints {
     /// Loads only the model weights of a checkpoint folder (for evaluation and export).
     pub fn load_model<M: Module>(path: &Path, model: M) -> Result<M, CheckpointError> {
         let model_path = path.join(MODEL);
-        model
+        let flags = require_grad_flags(&model);
+        let model = model
             .try_load_file(&model_path)
             .map_err(|e| CheckpointError::Record {
                 path: model_path.clone(),
                 message: e.to_string(),
-            })
+            })?;
+        Ok(set_require_grad_flags(model, flags))
     }
+}
+
+/// Each float parameter's require-grad flag, in visiting order.
+///
+/// Loading a record makes every float parameter of an autodiff module trainable again, so a
+/// frozen one (e.g. `FrozenBatchNorm2d`'s statistics) would start receiving gradients and
+/// optimiser updates after `--resume`; the flags of the freshly built module are put back.
+fn require_grad_flags<M: Module>(model: &M) -> Vec<bool> {
+    struct Flags(Vec<bool>);
+    impl ModuleVisitor for Flags {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0.push(p.val().is_require_grad());
+        }
+    }
+    let mut f = Flags(Vec::new());
+    model.visit(&mut f);
+    f.0
+}
+
+/// Sets the flags of [`require_grad_flags`] on `model`, in the same order.
+fn set_require_grad_flags<M: Module>(model: M, flags: Vec<bool>) -> M {
+    struct Set(std::vec::IntoIter<bool>);
+    impl ModuleMapper for Set {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            match self.0.next() {
+                Some(flag) if flag != p.val().is_require_grad() => p.set_require_grad(flag),
+                _ => p,
+            }
+        }
+    }
+    model.map(&mut Set(flags.into_iter()))
 }

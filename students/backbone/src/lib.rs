@@ -6,6 +6,8 @@
 //! - [`fpn`]: Feature Pyramid Network → P2..P5 (+ P6 by max-pool).
 //! - [`backbone`]: both together, torchvision's `BackboneWithFPN`.
 //! - [`norm`]: `FrozenBatchNorm2d` and the norm switch.
+//! - [`ops`]: fast convolution with its own backward (burn-flex im2col+GEMM, LibTorch's
+//!   convolution backward under the `tch` feature).
 //!
 //! Every level travels as a [`FeatureMap`] (tensor + stride), so a head can pick the levels it
 //! needs without knowing the body.
@@ -14,6 +16,7 @@ pub mod backbone;
 pub mod features;
 pub mod fpn;
 pub mod norm;
+pub mod ops;
 pub mod resnet;
 
 pub use backbone::{Backbone, BackboneConfig, torchvision_key};

@@ -162,8 +162,10 @@ mod tests {
         for (i, ((g, w2), x)) in got.iter().zip(&want).zip(&xs).enumerate() {
             let c = (i / 20) % 3;
             let formula = (*x as f64 - mv[c]) / (vv[c] + 1e-5).sqrt() * wv[c] + bv[c];
-            assert!((*g as f64 - formula).abs() < 1e-5, "{i}: {g} vs {formula}");
-            assert!((g - w2).abs() < 1e-4, "{i}: {g} vs burn {w2}");
+            // f32 arithmetic: a relative bound, since values reach ~100 where vv = 0.01.
+            let tol = 1e-5 * formula.abs().max(1.0);
+            assert!((*g as f64 - formula).abs() < tol, "{i}: {g} vs {formula}");
+            assert!((g - w2).abs() < 1e-4 * w2.abs().max(1.0), "{i}: {g} vs burn {w2}");
         }
     }
 

@@ -448,6 +448,50 @@ impl Detector {
         })
     }
 
+    /// RPN-only training forward (the class-agnostic proposal network of the `proposals`
+    /// stage): backbone, FPN and RPN with their losses; the box head is not run. `gt` holds
+    /// one box list per image (any class); `rng` drives the anchor sampling.
+    pub fn forward_rpn_train<R: Rng + ?Sized>(
+        &self,
+        batch: &ImageBatch,
+        gt: &[Boxes],
+        rng: &mut R,
+    ) -> Result<(Tensor<1>, Tensor<1>), DetectorError> {
+        if batch.is_empty() {
+            return Err(DetectorError::EmptyBatch);
+        }
+        if gt.len() != batch.len() {
+            return Err(DetectorError::BatchMismatch {
+                what: "gt boxes",
+                got: gt.len(),
+                want: batch.len(),
+            });
+        }
+        let features = self.features(batch);
+        let rpn = self
+            .rpn
+            .forward(&features, &batch.sizes, batch.padded_size(), Some(gt), rng);
+        let RpnLosses {
+            objectness,
+            box_reg,
+        } = rpn.losses.expect("targets were given");
+        Ok((objectness, box_reg))
+    }
+
+    /// RPN proposals per image at inference (`post_nms_top_n_test` at most, best first), with
+    /// their objectness probabilities; the box head is not run.
+    pub fn propose(&self, batch: &ImageBatch) -> Vec<(Boxes, Vec<f32>)> {
+        let features = self.features(batch);
+        let rpn = self.rpn.forward(
+            &features,
+            &batch.sizes,
+            batch.padded_size(),
+            None,
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0),
+        );
+        rpn.proposals.into_iter().zip(rpn.scores).collect()
+    }
+
     /// Inference forward: proposals, refined boxes and region embeddings per image. Score the
     /// embeddings with [`class_probs`](Self::class_probs) against any text embeddings and
     /// select detections with [`crate::postprocess::select_detections`].

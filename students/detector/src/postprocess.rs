@@ -9,7 +9,7 @@ use crate::nms::batched_nms;
 
 /// Detection selection settings (torchvision's defaults).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PostprocessConfig {
     /// Keep (box, class) pairs with score strictly above this (0.05).
     pub score_thresh: f32,

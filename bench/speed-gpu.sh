@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU session's one command (the `device` tool's machine: H100/H200, PyTorch 2.11.0+cu130
+# installed there, nothing built there). Prepare here, on the CPU machine:
+#
+#   LIBTORCH_USE_PYTORCH=1 LIBTORCH_BYPASS_VERSION_CHECK=1 \
+#     cargo build --release -p ovkd-speed --features tch
+#   mkdir -p target/speed-gpu && strip -o target/speed-gpu/ovkd-speed target/release/ovkd-speed
+#
+# then run it there with the device tool:
+#
+#   run(command="bash bench/speed-gpu.sh", carry=["target/speed-gpu"], timeout_s=420)
+#
+# It prints the GPU, checks that `--device auto` resolves to tch-cuda:0, then writes
+# $OUT/speed-gpu.json (the same rows as bench/speed.sh --device tch-cuda:0) and prints the table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=target/speed-gpu/ovkd-speed
+out="${OUT:-.}/speed-gpu.json"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
+torch_lib="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# `--device auto` must pick the GPU (the `ovkd` binary's own rule, compiled into ovkd-speed).
+"$bin" --device auto --steps 1 --warmup 0 smallnet --image 64 --batch 2 | grep -q '"device":"tch-cuda:0"' \
+  && echo "auto -> tch-cuda:0" || { echo "auto did not resolve to tch-cuda:0" >&2; exit 1; }
+OVKD_SPEED_BIN="$bin" bench/speed.sh --device tch-cuda:0 --out "$out" --rounds 3 --steps 20 --warmup 5 "$@"

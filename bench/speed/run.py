@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Driver of bench/speed.sh: runs each workload in ovkd (`ovkd-speed`) and in PyTorch
+(`reference.py`) alternately, round after round, on the same device with the same thread
+count, takes the median step time of each side over all rounds, and writes
+
+    [{"name", "unit", "ours", "reference", "ratio", "target", "ours_ms", "reference_ms"}]
+
+(ratio = ours / reference, higher is better; `*_ms` are the medians of each phase) and prints
+the table. Interleaving the two sides spreads the noise of a shared machine over both.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# name, workload args, batch (images per step), targets (ratio) per device kind.
+SMALLNET = [
+    ("smallnet_128px_bs8", ["smallnet", "--image", "128", "--batch", "8"], 8),
+    ("smallnet_256px_bs8", ["smallnet", "--image", "256", "--batch", "8"], 8),
+    ("smallnet_512px_bs32", ["smallnet", "--image", "512", "--batch", "32"], 32),
+]
+
+# Issue 8's targets: ratio to PyTorch on the same device.
+TARGETS = {
+    ("cpu", "smallnet"): 0.5,
+    ("tch-cpu", "smallnet"): 1.0,
+    ("tch-cuda", "smallnet"): 0.9,
+}
+
+
+def kind(device):
+    return "tch-cuda" if device.startswith("tch-cuda") else device
+
+
+def torch_device(device):
+    if device.startswith("tch-cuda"):
+        return "cuda:" + (device.split(":", 1)[1] if ":" in device else "0")
+    return "cpu"
+
+
+def run_json(cmd, env):
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)
+        raise SystemExit(f"failed ({out.returncode}): {' '.join(cmd)}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median_phases(samples):
+    return {k: round(statistics.median(v), 3) for k, v in samples.items() if v}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", required=True, help="cpu, tch-cpu or tch-cuda:N")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--bin", required=True, help="the ovkd-speed binary")
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rows", default="", help="comma-separated row names (default: all for the device)")
+    p.add_argument("--baseline", action="store_true",
+                   help="also time ovkd with Burn's own convolution (rows *_burnconv)")
+    args = p.parse_args()
+
+    gpu = args.device.startswith("tch-cuda")
+    rows = [r for r in SMALLNET if gpu or "512px" not in r[0]]
+    if args.rows:
+        wanted = set(args.rows.split(","))
+        rows = [r for r in rows if r[0] in wanted]
+
+    env = dict(os.environ)
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    results = []
+    for name, workload, batch in rows:
+        variants = [("fast", name)]
+        if args.baseline:
+            variants.append(("burn", name + "_burnconv"))
+        for conv, row_name in variants:
+            ours = {"forward": [], "backward": [], "optim": [], "total": []}
+            ref = {"forward": [], "backward": [], "optim": [], "total": []}
+            for _ in range(args.rounds):
+                o = run_json([args.bin, "--device", args.device] + common + workload
+                             + ["--conv", conv], env)
+                r = run_json([sys.executable, os.path.join(HERE, "reference.py"),
+                              "--device", torch_device(args.device), "--threads",
+                              str(args.threads)] + common + workload, env)
+                for k in ours:
+                    ours[k] += o["times_ms"][k]
+                    ref[k] += r["times_ms"][k]
+            ours_ms, ref_ms = median_phases(ours), median_phases(ref)
+            ours_v = batch * 1e3 / ours_ms["total"]
+            ref_v = batch * 1e3 / ref_ms["total"]
+            results.append({
+                "name": row_name,
+                "unit": "img/s",
+                "ours": round(ours_v, 2),
+                "reference": round(ref_v, 2),
+                "ratio": round(ours_v / ref_v, 3),
+                # The *_burnconv rows are the "before" measurement: no target of their own.
+                "target": TARGETS.get((kind(args.device), workload[0])) if conv == "fast" else None,
+                "ours_ms": ours_ms,
+                "reference_ms": ref_ms,
+            })
+            print(f"  {row_name}: ours {ours_ms} | reference {ref_ms}", file=sys.stderr)
+
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)) or ".")
+    with os.fdopen(fd, "w") as f:
+        json.dump(results, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, args.out)
+
+    print(f"device {args.device}, {args.threads} threads, {args.rounds} rounds x {args.steps} steps")
+    print(f"| name | unit | ours | reference | ratio | target | fwd/bwd/opt ms ours | ... reference |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        t = r["target"]
+        status = "(before)" if r["name"].endswith("_burnconv") else "" if t is None else (f"{t}x met" if r["ratio"] >= t
+                                       else f"{t}x missed by {t - r['ratio']:.2f}")
+        ph = lambda m: f"{m['forward']:.1f} / {m['backward']:.1f} / {m['optim']:.1f}"
+        print(f"| {r['name']} | {r['unit']} | {r['ours']:.1f} | {r['reference']:.1f} | "
+              f"{r['ratio']:.2f}x | {status} | {ph(r['ours_ms'])} | {ph(r['reference_ms'])} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+//! `ovkd-speed`: times ovkd's training and inference steps for `bench/speed.sh`, which runs the
+//! same work in PyTorch (`bench/speed/reference.py`) interleaved with it and prints the ratios.
+//!
+//! Every workload prints one JSON object on stdout: the device it resolved, and the per-step
+//! times in milliseconds of each phase (`forward`, `backward`, `optim`, `total`), warm-up
+//! excluded. The device is synchronised at each phase boundary, so GPU times are real.
+
+mod device;
+mod smallnet;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Times one workload and prints its per-step times as JSON.
+#[derive(Parser, Debug)]
+#[command(name = "ovkd-speed")]
+struct Cli {
+    /// `auto`, `cpu` (burn-flex), `tch-cpu` or `tch-cuda:N` (built with `--features tch`);
+    /// `auto` is the `ovkd` binary's rule: `tch-cuda:0`, else `tch-cpu`, else `cpu`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Subcommand, Debug)]
+enum Workload {
+    /// The small conv net: 8 convolutions 3→32→64→128→256, stride-2 stages, AdamW,
+    /// cross-entropy; one training step.
+    Smallnet(smallnet::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let (name, device) = device::parse(&cli.device)?;
+    eprintln!("ovkd-speed: device {name}");
+    let times = match cli.workload {
+        Workload::Smallnet(args) => smallnet::run(&args, &device, cli.warmup, cli.steps)?,
+    };
+    let out = serde_json::json!({
+        "device": name,
+        "steps": cli.steps,
+        "times_ms": times,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// Per-step times of the phases of a step, in milliseconds.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PhaseTimes {
+    /// Forward pass and loss.
+    pub forward: Vec<f64>,
+    /// `loss.backward()`.
+    pub backward: Vec<f64>,
+    /// Optimizer step.
+    pub optim: Vec<f64>,
+    /// The whole step.
+    pub total: Vec<f64>,
+}

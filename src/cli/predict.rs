@@ -1,0 +1,240 @@
+//! `ovkd predict` for the detector: boxes of any class names in any images.
+//!
+//! The names are embedded by the teacher's text tower (the run's prompt templates) at
+//! inference time, so the student detects whatever it is asked for. The output folder gets
+//!
+//! ```text
+//! OUT/detections.json   COCO results: image_id = position of the image among IMAGES (from 1),
+//!                       category_id = position of the name in --classes (from 1)
+//! OUT/images.json       [{id, file_name, width, height}]: which image each id is
+//! OUT/classes.json      [{id, name, split}]: split "base" for names the detector was trained
+//!                       on, "novel" otherwise (the ensemble weights them differently)
+//! OUT/NAME_det.png      each image with its boxes drawn (3x)
+//! ```
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, ValueEnum};
+use image::{Rgb, RgbImage};
+use ovkd_data::coco::CocoResult;
+use ovkd_data::loader::load_rgb;
+use ovkd_distill::det::ScoreSource;
+use serde::Serialize;
+
+use super::Context;
+use super::train_detector::{
+    checkpoint_dir, config_of_checkpoint, detect_images, draw_detections, load_detector,
+    load_teacher, tensor2, text_embeds, write_png,
+};
+
+/// What to predict.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+pub enum Task {
+    /// Boxes, with the detector student.
+    #[default]
+    Det,
+}
+
+/// Arguments of `ovkd predict`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Which student.
+    #[arg(long, value_enum, default_value = "det")]
+    pub task: Task,
+    /// Comma-separated class names, e.g. "star,heart,ring".
+    #[arg(long)]
+    pub classes: String,
+    /// A checkpoint folder (`ckpt-NNNNNN/`) or a run directory (its newest detector checkpoint).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The teacher whose text tower embeds the names (default: the one the run trained with).
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// Which head scores the boxes (default: the run's `eval.inference.scores`).
+    #[arg(long, value_enum)]
+    pub scores: Option<Scores>,
+    /// Keep detections scoring above this (default: the run's).
+    #[arg(long)]
+    pub score_thresh: Option<f32>,
+    /// Resize each image so its longer side is this many pixels before detecting (boxes are
+    /// reported in the original image's pixels); default: the image as it is.
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Images.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+/// `--scores`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Scores {
+    /// The text head.
+    Text,
+    /// The image head.
+    Image,
+    /// The ViLD ensemble of both.
+    Ensemble,
+}
+
+#[derive(Serialize)]
+struct ClassRecord {
+    id: u64,
+    name: String,
+    split: &'static str,
+}
+
+#[derive(Serialize)]
+struct ImageRecord {
+    id: u64,
+    file_name: String,
+    width: u32,
+    height: u32,
+}
+
+/// Runs `ovkd predict`.
+pub fn run(ctx: &Context, args: PredictArgs) -> Result<()> {
+    match args.task {
+        Task::Det => run_det(ctx, args),
+    }
+}
+
+fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let names: Vec<String> = args
+        .classes
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if names.is_empty() {
+        bail!("--classes: give at least one class name");
+    }
+    let ckpt = checkpoint_dir(&args.checkpoint, "detector")?;
+    let (cfg, det_cfg) = config_of_checkpoint(&ckpt)?;
+    let teacher_path = match (&args.teacher, &cfg.teacher.path) {
+        (Some(t), _) | (None, Some(t)) => t.clone(),
+        (None, None) => bail!("--teacher: the run's config names no teacher"),
+    };
+    // A name is base when the detector was trained on it (a base class of the run's
+    // vocabulary, by name or synonym).
+    let trained: Vec<String> = match &cfg.data.root {
+        Some(root) => ovkd_data::Vocabulary::load(root.join("vocab.toml"))
+            .map(|v| {
+                v.base()
+                    .flat_map(|c| c.all_names().map(str::to_lowercase).collect::<Vec<_>>())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let novel: Vec<bool> = names
+        .iter()
+        .map(|n| !trained.contains(&n.to_lowercase()))
+        .collect();
+
+    let teacher = load_teacher(&teacher_path)?;
+    let per_class: Vec<Vec<String>> = names.iter().map(|n| vec![n.clone()]).collect();
+    // The run's own text cache (RUN/cache/text beside RUN/detector/ckpt-*).
+    let cache = ckpt
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|run| run.join("cache").join("text"))
+        .unwrap_or_else(|| std::env::temp_dir().join("ovkd-predict-text"));
+    let (text, dim) = text_embeds(&teacher, &per_class, &cfg.teacher.templates, &cache)?;
+    drop(teacher);
+    if dim != det_cfg.box_head.embed_dim {
+        bail!(
+            "{}: its embeddings have {dim} dimensions but the detector's {}",
+            teacher_path.display(),
+            det_cfg.box_head.embed_dim
+        );
+    }
+
+    let (_, device) = ctx.device.resolve();
+    let model = load_detector(&ckpt, &det_cfg, &device)?;
+    let mut inference = cfg.eval.inference.clone();
+    if let Some(s) = args.scores {
+        inference.scores = match s {
+            Scores::Text => ScoreSource::Text,
+            Scores::Image => ScoreSource::Image,
+            Scores::Ensemble => ScoreSource::Ensemble,
+        };
+    }
+    if let Some(t) = args.score_thresh {
+        inference.postprocess.score_thresh = t;
+    }
+    let text = tensor2(&text, names.len(), dim, &device);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let colours: Vec<Rgb<u8>> = (0..names.len())
+        .map(|i| ovkd_data::show::class_colour(i as u64 + 1))
+        .collect();
+    let mut results = Vec::new();
+    let mut records = Vec::new();
+    for (i, path) in args.images.iter().enumerate() {
+        let img: RgbImage =
+            load_rgb(path).with_context(|| format!("reading image {}", path.display()))?;
+        let id = i as u64 + 1;
+        let dets = detect_images(
+            &model,
+            std::slice::from_ref(&img),
+            &text,
+            &novel,
+            &inference,
+            args.size,
+            &device,
+        )?
+        .pop()
+        .unwrap_or_default();
+        for k in 0..dets.len() {
+            results.push(CocoResult {
+                image_id: id,
+                category_id: dets.labels[k] as u64 + 1,
+                bbox: Some(ovkd_data::boxes::xyxy_to_xywh(dets.boxes.0[k])),
+                score: dets.scores[k] as f64,
+                segmentation: None,
+            });
+        }
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("{id:06}"));
+        write_png(
+            &args.out.join(format!("{stem}_det.png")),
+            &draw_detections(&img, &dets, &names, &colours, &novel, 3),
+        )?;
+        records.push(ImageRecord {
+            id,
+            file_name: path.display().to_string(),
+            width: img.width(),
+            height: img.height(),
+        });
+        println!("{}: {} detections", path.display(), dets.len());
+    }
+    ovkd_data::coco::write_results(args.out.join("detections.json"), &results)?;
+    ovkd_data::io::write_json_atomic(args.out.join("images.json"), &records, true)?;
+    let classes: Vec<ClassRecord> = names
+        .iter()
+        .zip(&novel)
+        .enumerate()
+        .map(|(i, (n, &nv))| ClassRecord {
+            id: i as u64 + 1,
+            name: n.clone(),
+            split: if nv { "novel" } else { "base" },
+        })
+        .collect();
+    ovkd_data::io::write_json_atomic(args.out.join("classes.json"), &classes, true)?;
+    println!(
+        "{} detections in {} images ({:.1} s); {}",
+        results.len(),
+        records.len(),
+        t0.elapsed().as_secs_f64(),
+        args.out.join("detections.json").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! Fast operations with their own backward passes, as Burn backend extensions.
+//!
+//! - [`Conv2d`] / [`Conv2dConfig`]: drop-in for `burn::nn::conv::{Conv2d, Conv2dConfig}`.
+//! - [`conv2d`]: drop-in for `burn::tensor::module::conv2d`.
+//!
+//! On burn-flex the forward and both gradients run im2col + GEMM kernels
+//! ([`conv2d_cpu`]); on LibTorch (feature `tch`) the backward is LibTorch's own convolution
+//! backward. Other backends fall back to Burn's convolution.
+
+mod conv2d;
+pub mod conv2d_cpu;
+#[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
+mod extension;
+mod kernels;
+// burn-tch is marked deprecated in Burn 0.22 (in favour of CubeCL backends), but it is the
+// backend that links LibTorch's cuDNN / oneDNN kernels, which is what `--device tch-*` is for.
+#[cfg(feature = "tch")]
+#[allow(deprecated)]
+mod libtorch;
+
+pub use conv2d::{Conv2d, Conv2dConfig};
+pub use extension::{FastConvBackend, conv2d, supports};
+pub use kernels::{ConvGrads, ConvKernels, GradMask};

@@ -1,0 +1,230 @@
+//! The detector's commands end to end on a tiny OV-Shapes with a one-step teacher:
+//! `ovkd proposals` -> `ovkd teacher embed` -> `ovkd train detector` (ViLD-text + ViLD-image,
+//! ensemble scores) -> `ovkd predict` -> `ovkd eval det`.
+
+use std::path::Path;
+use std::process::Command;
+
+fn ovkd(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ovkd"))
+        .args(["--device", "cpu"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ovkd {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const CONFIG: &str = r#"
+[detector]
+preset = "tiny"
+box_head.fc_dim = 32
+box_head.image_branch = "shared_trunk"
+roi_heads.batch_size_per_image = 32
+
+[distill]
+image_regions_per_image = 8
+
+[proposals]
+top_k = 20
+batch = 4
+
+[proposals.train]
+steps = 2
+lr = 0.001
+batch_size = 2
+checkpoint_every = 2
+
+[train]
+steps = 3
+lr = 0.001
+batch_size = 2
+checkpoint_every = 2
+seed = 4
+
+[eval]
+batch = 2
+draw = 1
+
+[eval.inference]
+scores = "ensemble"
+"#;
+
+#[test]
+fn proposals_cache_train_predict_and_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let data = run.join("data");
+    ovkd(&[
+        "data",
+        "synth",
+        "--out",
+        s(&data),
+        "--preset",
+        "quick",
+        "--train-images",
+        "4",
+        "--val-images",
+        "2",
+        "--pretrain-images",
+        "64",
+        "--image-size",
+        "64",
+        "--seed",
+        "2",
+    ]);
+    let teacher = run.join("teacher");
+    ovkd(&[
+        "teacher",
+        "pretrain",
+        "--data",
+        s(&data),
+        "--out",
+        s(&teacher),
+        "--preset",
+        "quick",
+        "--steps",
+        "1",
+    ]);
+    let config = tmp.path().join("det.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+
+    // Proposals: a 2-step RPN, top 20 per training image, with their recall.
+    let out = ovkd(&[
+        "proposals",
+        "--config",
+        s(&config),
+        "--run",
+        s(&run),
+        "--quiet",
+    ]);
+    assert!(out.contains("novel R@0.5"), "{out}");
+    let props = run.join("proposals/proposals.parquet");
+    assert!(props.is_file());
+    let recall: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("proposals/recall.json")).unwrap())
+            .unwrap();
+    assert!(
+        recall["top20"]["all"]["gt"].as_u64().unwrap() > 0,
+        "{recall}"
+    );
+
+    // ... and the teacher embedded them into the cache ViLD-image reads.
+    assert!(
+        out.contains("cached the teacher's region embeddings"),
+        "{out}"
+    );
+    assert!(run.join("cache/regions/index.parquet").is_file());
+
+    // Training with both ViLD losses, then the ensemble on val.
+    let out = ovkd(&[
+        "train",
+        "detector",
+        "--config",
+        s(&config),
+        "--run",
+        s(&run),
+        "--quiet",
+    ]);
+    assert!(out.contains("trained 3 of 3 steps"), "{out}");
+    assert!(out.contains("AP50 base"), "{out}");
+    let csv = std::fs::read_to_string(run.join("detector/metrics.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let k = header.iter().position(|h| *h == "vild_regions").unwrap();
+    for row in csv.lines().skip(1) {
+        let q: f64 = row.split(',').nth(k).unwrap().parse().unwrap();
+        assert!(q > 0.0, "ViLD-image saw no cached region: {row}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval/det.json")).unwrap()).unwrap();
+    for split in ["base", "novel", "all"] {
+        let ap50 = report["splits"][split]["AP50"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&ap50), "{split}: {ap50}");
+    }
+
+    // The run's detections go through `ovkd eval det` like any results file.
+    let dets = run.join("eval/detections.json");
+    let out = ovkd(&[
+        "eval",
+        "det",
+        "--gt",
+        s(&data.join("val/instances.json")),
+        "--dets",
+        s(&dets),
+        "--vocab",
+        s(&data.join("vocab.toml")),
+    ]);
+    assert!(out.contains("AP50"), "{out}");
+
+    // Predict any names: one base, one novel, one the vocabulary does not have.
+    let vocab = std::fs::read_to_string(data.join("vocab.toml")).unwrap();
+    let vocab: toml::Table = toml::from_str(&vocab).unwrap();
+    let classes = vocab["class"].as_array().unwrap();
+    let name = |split: &str| {
+        classes
+            .iter()
+            .find(|c| c["split"].as_str() == Some(split))
+            .unwrap()["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (base, novel) = (name("base"), name("novel"));
+    let pred = tmp.path().join("pred");
+    let images: Vec<_> = std::fs::read_dir(data.join("val/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let list = format!("{base},{novel},purple blob");
+    let mut args = vec![
+        "predict",
+        "--classes",
+        &list,
+        "--checkpoint",
+        s(&run),
+        "--out",
+        s(&pred),
+        "--score-thresh",
+        "0.0",
+    ];
+    args.extend(images.iter().map(|p| s(p)));
+    let out = ovkd(&args);
+    assert!(out.contains("detections in 2 images"), "{out}");
+    let results: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(pred.join("detections.json")).unwrap())
+            .unwrap();
+    assert!(!results.is_empty());
+    for r in &results {
+        let c = r["category_id"].as_u64().unwrap();
+        assert!((1..=3).contains(&c), "{r}");
+        assert_eq!(r["bbox"].as_array().unwrap().len(), 4);
+    }
+    let splits: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(pred.join("classes.json")).unwrap()).unwrap();
+    let split: Vec<&str> = splits
+        .iter()
+        .map(|c| c["split"].as_str().unwrap())
+        .collect();
+    assert_eq!(split, ["base", "novel", "novel"]);
+    assert_eq!(
+        std::fs::read_dir(&pred)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .path()
+                .to_string_lossy()
+                .ends_with("_det.png"))
+            .count(),
+        2
+    );
+}
