@@ -10,9 +10,10 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use ovkd_teacher::cache::{CacheWriter, ShardSpec, merge};
 use ovkd_teacher::embed::Teacher;
-use ovkd_teacher::pretrain::{PretrainConfig, pretrain, zero_shot_eval};
+use ovkd_teacher::pretrain::{PretrainConfig, PretrainEvent, pretrain};
 use ovkd_teacher::shapes::{image_path, load_rgb, read_coco};
 use ovkd_teacher::tokenizer::ClipTokenizer;
+use ovkd_teacher::zero_shot::{dense_eval, zero_shot_eval};
 use polars::prelude::{DataType, Float32Chunked, ParquetReader, SerReader};
 
 use super::Context;
@@ -91,6 +92,9 @@ struct PretrainArgs {
     /// Seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Override any setting of the preset, `key=value` (repeatable), e.g. `--set lr=2e-3`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +108,13 @@ struct EvalArgs {
     /// Prompt template.
     #[arg(long, default_value = "a photo of a {}.")]
     prompt: String,
+    /// Also score MaskCLIP dense features on the first N val scenes (per-pixel argmax over
+    /// "background" and the classes against the semantic masks).
+    #[arg(long, value_name = "N")]
+    dense: Option<usize>,
+    /// Side the scenes are resized to for the dense check (a multiple of the patch size).
+    #[arg(long, default_value_t = 128)]
+    dense_size: usize,
     /// Also write the report as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -231,6 +242,10 @@ fn run_pretrain(ctx: &Context, a: PretrainArgs) -> Result<()> {
     if let Some(s) = a.seed {
         cfg.seed = s;
     }
+    for kv in &a.set {
+        cfg.set(kv)?;
+    }
+    println!("settings: {}", serde_json::to_string(&cfg)?);
     let bar = ProgressBar::new(cfg.steps as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -242,27 +257,54 @@ fn run_pretrain(ctx: &Context, a: PretrainArgs) -> Result<()> {
     let batch = cfg.batch_size;
     let t0 = Instant::now();
     let mut ema = f64::NAN;
-    let report = pretrain(&a.data, &a.out, &cfg, &device, |step, loss| {
-        ema = if ema.is_nan() {
-            loss
-        } else {
-            0.95 * ema + 0.05 * loss
-        };
-        bar.set_position(step as u64);
-        let pairs = (step * batch) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-        bar.set_message(format!("loss {ema:.3}, {pairs:.0} pairs/s"));
+    let report = pretrain(&a.data, &a.out, &cfg, &device, |ev| match ev {
+        PretrainEvent::Step { step, loss, lr } => {
+            ema = if ema.is_nan() {
+                loss
+            } else {
+                0.95 * ema + 0.05 * loss
+            };
+            bar.set_position(step as u64);
+            let pairs = (step * batch) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("loss {ema:.3}, lr {lr:.2e}, {pairs:.0} pairs/s"));
+        }
+        PretrainEvent::Probe(r) => {
+            let line = format!(
+                "step {:>5} {:>7.1} s  loss {:.3}  1/T {:5.1}  zero-shot top-1 on {} val objects: all {:.1}%  base {:.1}%  novel {:.1}%",
+                r.step,
+                r.seconds,
+                r.loss,
+                r.inverse_temperature,
+                r.objects,
+                100.0 * r.all,
+                100.0 * r.base,
+                100.0 * r.novel
+            );
+            // A hidden bar (output not a terminal) drops println; the checks must still show.
+            if bar.is_hidden() {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
+        }
     })
     .with_context(|| format!("pre-training on {}", a.data.display()))?;
     bar.finish();
+    let t = &report.time;
     println!(
-        "{} steps in {:.1} s, final loss {:.4}, temperature 1/{:.1}; {} pairs ({} single-object); saved to {}",
+        "{} steps in {:.1} s ({:.3} steps/s), final loss {:.4}, 1/T {:.1}; {} pairs ({} objects located by colour); saved to {}",
         report.steps,
         report.seconds,
+        report.steps as f64 / report.seconds.max(1e-9),
         report.final_loss,
         report.logit_scale,
         report.pairs,
-        report.single_object,
+        report.objects,
         a.out.display()
+    );
+    println!(
+        "time: data {:.1} s, forward {:.1} s, backward {:.1} s, optimizer {:.1} s, zero-shot checks {:.1} s, checkpoints {:.1} s",
+        t.data, t.forward, t.backward, t.optimizer, t.eval, t.save
     );
     Ok(())
 }
@@ -307,8 +349,32 @@ fn eval(ctx: &Context, a: EvalArgs) -> Result<()> {
         "",
         100.0 * r.novel
     );
+    let dense = match a.dense {
+        Some(n) => {
+            let d = dense_eval(&teacher, &a.data, &a.prompt, n, a.dense_size)
+                .with_context(|| format!("dense eval on {}", a.data.display()))?;
+            println!(
+                "MaskCLIP dense on {} val scenes at {} px: pixel accuracy {:.1}%, mIoU {:.1}% (classes only {:.1}%), object pixels right among the classes {:.1}%",
+                d.images,
+                d.input_size,
+                100.0 * d.pixel_accuracy,
+                100.0 * d.miou,
+                100.0 * d.class_miou,
+                100.0 * d.object_pixel_accuracy
+            );
+            let cells: Vec<String> = d
+                .per_class_iou
+                .iter()
+                .map(|(n, x)| format!("{n} {:.1}", 100.0 * x))
+                .collect();
+            println!("IoU: {}", cells.join(", "));
+            Some(d)
+        }
+        None => None,
+    };
     if let Some(out) = a.out {
-        ovkd_teacher::io::write_atomic(&out, serde_json::to_string_pretty(&r)?.as_bytes())?;
+        let v = serde_json::json!({ "zero_shot": r, "dense": dense });
+        ovkd_teacher::io::write_atomic(&out, serde_json::to_string_pretty(&v)?.as_bytes())?;
     }
     Ok(())
 }

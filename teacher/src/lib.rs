@@ -11,10 +11,12 @@ pub mod io;
 pub mod parity;
 pub mod preprocess;
 pub mod pretrain;
+pub mod pretrain_batch;
 pub mod service;
 pub mod shapes;
 pub mod tokenizer;
 pub mod weights;
+pub mod zero_shot;
 
 pub use clip::{ClipConfig, ClipModel, ClipOutput};
 pub use error::TeacherError;

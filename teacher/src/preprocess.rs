@@ -70,39 +70,22 @@ impl PreprocessConfig {
     }
 
     /// A box [x1, y1, x2, y2] (image pixels, continuous coordinates) cropped and resized to
-    /// S x S by bilinear sampling at each output pixel's centre (edges clamped), then
-    /// normalised. Returns [3, S, S].
+    /// S x S, then normalised. Returns [3, S, S]. See [`resample_box`] for the sampling.
     pub fn crop(&self, img: &RgbImage, b: [f32; 4]) -> Result<Vec<f32>, TeacherError> {
         check_box(img, b)?;
-        let s = self.size;
-        let (w, h) = (img.width() as usize, img.height() as usize);
-        let raw = img.as_raw();
-        let bw = (b[2] - b[0]) / s as f32;
-        let bh = (b[3] - b[1]) / s as f32;
-        let plane = s * s;
-        let mut out = vec![0.0f32; 3 * plane];
-        let sample_axis = |v: f32, n: usize| -> (usize, usize, f32) {
-            let v = v.clamp(0.0, (n - 1) as f32);
-            let i0 = v.floor() as usize;
-            let i1 = (i0 + 1).min(n - 1);
-            (i0, i1, v - i0 as f32)
-        };
-        for oy in 0..s {
-            let sy = b[1] + (oy as f32 + 0.5) * bh - 0.5;
-            let (y0, y1, fy) = sample_axis(sy, h);
-            for ox in 0..s {
-                let sx = b[0] + (ox as f32 + 0.5) * bw - 0.5;
-                let (x0, x1, fx) = sample_axis(sx, w);
-                for c in 0..3 {
-                    let at = |x: usize, y: usize| raw[(y * w + x) * 3 + c] as f32;
-                    let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
-                    let bot = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
-                    let v = top * (1.0 - fy) + bot * fy;
-                    out[c * plane + oy * s + ox] = (v / 255.0 - self.mean[c]) / self.std[c];
-                }
+        let mut out = resample_box(img, b, self.size, self.size, false);
+        self.normalise(&mut out);
+        Ok(out)
+    }
+
+    /// Maps [3, h, w] channel-major values in 0..=255 to CLIP's normalised inputs, in place.
+    pub fn normalise(&self, px: &mut [f32]) {
+        let plane = px.len() / 3;
+        for (c, ch) in px.chunks_mut(plane.max(1)).enumerate().take(3) {
+            for v in ch {
+                *v = (*v / 255.0 - self.mean[c]) / self.std[c];
             }
         }
-        Ok(out)
     }
 
     /// The whole image resized (no crop, PIL bicubic) to `w x h` and normalised: [3, h, w].
@@ -125,6 +108,123 @@ impl PreprocessConfig {
         }
         Ok(out)
     }
+}
+
+/// Per output index along one axis: the first source index and the weights of the source
+/// indices from there. The output pixel `o` covers `[lo + o * step, lo + (o + 1) * step]` of
+/// the source (`step = (hi - lo) / out`). Shrinking (`step > 1`) averages the source pixels
+/// by their overlap with that interval (an area filter, so that textures do not alias);
+/// enlarging samples bilinearly at the interval's centre. Indices beyond the source are
+/// clamped to its edge.
+fn axis_weights(lo: f32, hi: f32, out: usize, n_in: usize) -> Vec<(usize, Vec<f32>)> {
+    let step = (hi - lo) / out as f32;
+    let last = n_in as i64 - 1;
+    let clamp = |i: i64| i.clamp(0, last) as usize;
+    (0..out)
+        .map(|o| {
+            let mut taps: Vec<(usize, f32)> = Vec::new();
+            if step > 1.0 {
+                let (a, b) = (lo + o as f32 * step, lo + (o + 1) as f32 * step);
+                let mut i = a.floor() as i64;
+                while (i as f32) < b {
+                    let w = (b.min(i as f32 + 1.0) - a.max(i as f32)).max(0.0);
+                    if w > 0.0 {
+                        taps.push((clamp(i), w / step));
+                    }
+                    i += 1;
+                }
+            } else {
+                let v = lo + (o as f32 + 0.5) * step - 0.5;
+                let v = v.clamp(0.0, last as f32);
+                let i0 = v.floor() as i64;
+                let f = v - i0 as f32;
+                taps.push((clamp(i0), 1.0 - f));
+                taps.push((clamp(i0 + 1), f));
+            }
+            let first = taps.iter().map(|t| t.0).min().unwrap_or(0);
+            let end = taps.iter().map(|t| t.0).max().unwrap_or(0) + 1;
+            let mut w = vec![0.0f32; end - first];
+            for (i, t) in taps {
+                w[i - first] += t;
+            }
+            (first, w)
+        })
+        .collect()
+}
+
+/// The box [x1, y1, x2, y2] (continuous image coordinates) resampled to `out_w x out_h`
+/// (area-averaged where it shrinks, bilinear where it grows; see [`axis_weights`]),
+/// mirrored left-right when `flip`: [3, out_h, out_w] channel-major, values in 0..=255.
+/// The box must be valid ([`check_box`]).
+pub fn resample_box(
+    img: &RgbImage,
+    b: [f32; 4],
+    out_w: usize,
+    out_h: usize,
+    flip: bool,
+) -> Vec<f32> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let raw = img.as_raw();
+    let xs = axis_weights(b[0], b[2], out_w, w);
+    let ys = axis_weights(b[1], b[3], out_h, h);
+    // Rows first: every source row the output touches, resampled horizontally.
+    let y_lo = ys.iter().map(|t| t.0).min().unwrap_or(0);
+    let y_hi = ys.iter().map(|t| t.0 + t.1.len()).max().unwrap_or(0);
+    let mut rows = vec![0.0f32; (y_hi - y_lo) * out_w * 3];
+    for y in y_lo..y_hi {
+        let src = &raw[y * w * 3..(y + 1) * w * 3];
+        let dst = &mut rows[(y - y_lo) * out_w * 3..(y - y_lo + 1) * out_w * 3];
+        for (ox, (first, wt)) in xs.iter().enumerate() {
+            let mut acc = [0.0f32; 3];
+            for (k, &wk) in wt.iter().enumerate() {
+                let p = &src[(first + k) * 3..(first + k) * 3 + 3];
+                for c in 0..3 {
+                    acc[c] += wk * p[c] as f32;
+                }
+            }
+            let ox = if flip { out_w - 1 - ox } else { ox };
+            dst[ox * 3..ox * 3 + 3].copy_from_slice(&acc);
+        }
+    }
+    let plane = out_w * out_h;
+    let mut out = vec![0.0f32; 3 * plane];
+    for (oy, (first, wt)) in ys.iter().enumerate() {
+        for ox in 0..out_w {
+            let mut acc = [0.0f32; 3];
+            for (k, &wk) in wt.iter().enumerate() {
+                let r = &rows[((first + k - y_lo) * out_w + ox) * 3..][..3];
+                for c in 0..3 {
+                    acc[c] += wk * r[c];
+                }
+            }
+            for c in 0..3 {
+                out[c * plane + oy * out_w + ox] = acc[c];
+            }
+        }
+    }
+    out
+}
+
+/// Bilinear resize (align_corners false, edges clamped) of [3, h, w] values to [3, s, s].
+pub fn resize_planes(px: &[f32], w: usize, h: usize, s: usize) -> Vec<f32> {
+    let xs = axis_weights(0.0, w as f32, s, w);
+    let ys = axis_weights(0.0, h as f32, s, h);
+    let mut out = vec![0.0f32; 3 * s * s];
+    for c in 0..3 {
+        let src = &px[c * w * h..(c + 1) * w * h];
+        for (oy, (fy, wy)) in ys.iter().enumerate() {
+            for (ox, (fx, wx)) in xs.iter().enumerate() {
+                let mut acc = 0.0;
+                for (j, &a) in wy.iter().enumerate() {
+                    for (i, &bw) in wx.iter().enumerate() {
+                        acc += a * bw * src[(fy + j) * w + fx + i];
+                    }
+                }
+                out[c * s * s + oy * s + ox] = acc;
+            }
+        }
+    }
+    out
 }
 
 /// A box must have positive area and lie inside the image (a margin of half a pixel for

@@ -1,29 +1,38 @@
 //! Pre-training the built-in teacher: a small CLIP trained from OV-Shapes image-caption pairs
 //! with the symmetric InfoNCE loss and a learned temperature, saved in the Hugging Face layout.
 //!
-//! Each sample is a pretrain image (randomly cropped to between `min_crop` and all of its side)
-//! with its caption; for images of a single object, half the time a short text made from the
-//! caption record's object ("a photo of a star.", "a photo of a red star."), so that the text
-//! tower also sees the phrasing prompts use. Pairs with identical texts in a batch count as
-//! positives of each other (soft targets).
+//! Batches come from [`crate::pretrain_batch`] (what makes shape, not colour, the signal).
+//! Identical texts in a batch are embedded once; an image's target is its text, a text's
+//! target is spread evenly over the images that carry it. The learning rate warms up
+//! linearly, then follows a cosine to zero over `steps`, or over `max_seconds` when the time
+//! limit comes first, so a run cut short by a slow machine still ends annealed. Every
+//! `eval_every` steps the model classifies a fixed subset of val objects zero-shot, so that
+//! progress is visible as it trains.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData};
-use image::RgbImage;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::clip::{Activation, ClipConfig, ClipModel, TextConfig, VisionConfig, l2_normalize};
+use crate::embed::Teacher;
 use crate::error::{TeacherError, to_vec};
 use crate::preprocess::PreprocessConfig;
-use crate::shapes::{CaptionPair, load_rgb, read_captions};
+use crate::pretrain_batch::{BatchConfig, Corpus, shape_text};
+use crate::shapes::{CaptionPair, read_captions};
 use crate::tokenizer::{ClipTokenizer, build_word_level};
+use crate::zero_shot::ZeroShotSet;
+
+pub use crate::zero_shot::{ZeroShotReport, zero_shot_eval};
+
+/// The prompt the built-in teacher is evaluated with (and trained on for single objects).
+pub const EVAL_PROMPT: &str = "a photo of a {}.";
 
 /// Pre-training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,7 +43,7 @@ pub struct PretrainConfig {
     pub image_size: usize,
     /// Patch size p.
     pub patch_size: usize,
-    /// Image tower width, depth, heads.
+    /// Image tower width.
     pub vision_width: usize,
     /// Image tower blocks.
     pub vision_layers: usize,
@@ -54,79 +63,118 @@ pub struct PretrainConfig {
     pub batch_size: usize,
     /// Optimisation steps.
     pub steps: usize,
-    /// Stop early after this many seconds (0: no limit).
+    /// Stop after this many seconds (0: no limit); the schedule then ends at this time.
     pub max_seconds: u64,
-    /// Peak learning rate (linear warm-up, cosine decay).
+    /// Peak learning rate.
     pub lr: f64,
     /// Warm-up steps.
     pub warmup: usize,
     /// AdamW weight decay.
     pub weight_decay: f64,
-    /// Share of single-object samples that get a short object text instead of the caption.
-    pub object_text_fraction: f64,
-    /// Smallest random crop, as a fraction of the image side.
-    pub min_crop: f64,
-    /// Save a checkpoint every this many steps.
+    /// Initial inverse temperature exp(logit_scale) (CLIP: 1 / 0.07).
+    pub init_inverse_temperature: f64,
+    /// Sampling and augmentation.
+    #[serde(flatten)]
+    pub batch: BatchConfig,
+    /// Zero-shot check on val objects every this many steps (0: never).
+    pub eval_every: usize,
+    /// Val objects in that check.
+    pub eval_objects: usize,
+    /// Save a checkpoint every this many steps (0: only at the end).
     pub checkpoint_every: usize,
     /// Seed.
     pub seed: u64,
 }
 
 impl PretrainConfig {
-    /// `quick` (a smoke run of a minute or two), `default` (the built-in teacher, ≤ 10 minutes on
-    /// two cores) or `large`.
+    /// `quick` (a smoke run of a minute or two), `default` (the built-in teacher, ≤ 10 minutes
+    /// on two cores) or `large`.
     pub fn preset(name: &str) -> Result<Self, TeacherError> {
+        // Sized for two shared CPU cores: 5 x 5 patches of 8 px are enough to tell the
+        // OV-Shapes silhouettes apart, and a small tower gets several hundred steps in the
+        // time limit (backward dominates a step).
         let base = Self {
             preset: name.into(),
-            image_size: 32,
-            patch_size: 4,
+            image_size: 40,
+            patch_size: 8,
             vision_width: 96,
-            vision_layers: 3,
+            vision_layers: 4,
             vision_heads: 4,
             text_width: 64,
             text_layers: 2,
             text_heads: 4,
             context_length: 32,
             projection_dim: 64,
-            batch_size: 64,
-            steps: 1500,
+            batch_size: 128,
+            steps: 2000,
             max_seconds: 540,
-            lr: 1e-3,
-            warmup: 100,
+            lr: 1.5e-3,
+            warmup: 30,
             weight_decay: 0.05,
-            object_text_fraction: 0.5,
-            min_crop: 0.7,
-            checkpoint_every: 250,
+            init_inverse_temperature: 1.0 / 0.07,
+            batch: BatchConfig::default(),
+            eval_every: 50,
+            eval_objects: 240,
+            checkpoint_every: 0,
             seed: 0,
         };
         match name {
             "default" => Ok(base),
             "quick" => Ok(Self {
-                steps: 150,
-                warmup: 20,
+                image_size: 32,
+                vision_width: 64,
+                vision_layers: 2,
+                batch_size: 32,
+                steps: 60,
+                warmup: 10,
                 max_seconds: 120,
-                checkpoint_every: 50,
+                eval_every: 20,
+                eval_objects: 64,
                 ..base
             }),
             "large" => Ok(Self {
-                image_size: 64,
-                patch_size: 8,
                 vision_width: 192,
                 vision_layers: 6,
                 vision_heads: 6,
                 text_width: 128,
                 text_layers: 4,
-                text_heads: 4,
                 projection_dim: 128,
-                steps: 6000,
+                steps: 4000,
                 max_seconds: 0,
                 lr: 5e-4,
+                warmup: 200,
+                eval_every: 250,
+                eval_objects: 600,
+                checkpoint_every: 1000,
                 ..base
             }),
             other => Err(TeacherError::InvalidRequest(format!(
                 "--preset {other}: expected quick, default or large"
             ))),
         }
+    }
+
+    /// Overrides one setting from `key=value` (the value as JSON, or as a bare string).
+    pub fn set(&mut self, assignment: &str) -> Result<(), TeacherError> {
+        let bad = |m: String| TeacherError::InvalidRequest(format!("--set {assignment}: {m}"));
+        let (key, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| bad("expected key=value".into()))?;
+        let mut obj = serde_json::to_value(&*self).expect("config serialises");
+        let map = obj.as_object_mut().expect("config is an object");
+        if !map.contains_key(key.trim()) {
+            let mut keys: Vec<&str> = map.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            return Err(bad(format!(
+                "unknown setting; settings are: {}",
+                keys.join(", ")
+            )));
+        }
+        let v = serde_json::from_str(value.trim())
+            .unwrap_or_else(|_| serde_json::Value::String(value.trim().to_string()));
+        map.insert(key.trim().to_string(), v);
+        *self = serde_json::from_value(obj).map_err(|e| bad(e.to_string()))?;
+        Ok(())
     }
 
     /// The CLIP architecture for a vocabulary of `vocab_size` ids ending with `sot`, `eot`.
@@ -157,10 +205,65 @@ impl PretrainConfig {
                 hidden_act: Activation::QuickGelu,
             },
             projection_dim: self.projection_dim,
-            logit_scale_init_value: 2.6592,
+            logit_scale_init_value: self.init_inverse_temperature.max(1.0).ln(),
             model_type: "clip".into(),
         }
     }
+
+    /// Learning rate at `step`, `elapsed` into the run: linear warm-up over `warmup` steps,
+    /// then a cosine to zero over the run, whose progress is the larger of steps done and
+    /// time used.
+    pub fn lr_at(&self, step: usize, elapsed: Duration) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let by_steps = (step - self.warmup) as f64 / (self.steps - self.warmup).max(1) as f64;
+        let by_time = if self.max_seconds > 0 {
+            elapsed.as_secs_f64() / self.max_seconds as f64
+        } else {
+            0.0
+        };
+        let t = by_steps.max(by_time).min(1.0);
+        self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+    }
+}
+
+/// One zero-shot check during training.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeRecord {
+    /// Steps done.
+    pub step: usize,
+    /// Seconds into the run.
+    pub seconds: f64,
+    /// Mean loss since the previous check.
+    pub loss: f64,
+    /// Inverse temperature.
+    pub inverse_temperature: f64,
+    /// Val objects classified.
+    pub objects: usize,
+    /// Top-1 over all of them, base and novel classes.
+    pub all: f64,
+    /// Base classes.
+    pub base: f64,
+    /// Novel classes.
+    pub novel: f64,
+}
+
+/// Where a run's seconds went.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TimeBreakdown {
+    /// Drawing, cropping and tokenising batches.
+    pub data: f64,
+    /// Both towers and the loss.
+    pub forward: f64,
+    /// Back-propagation and gradient collection.
+    pub backward: f64,
+    /// The optimiser update.
+    pub optimizer: f64,
+    /// Zero-shot checks.
+    pub eval: f64,
+    /// Checkpoints.
+    pub save: f64,
 }
 
 /// What a pre-training run did.
@@ -174,36 +277,80 @@ pub struct PretrainReport {
     pub final_loss: f64,
     /// Image-caption pairs read.
     pub pairs: usize,
-    /// Single-object images among them.
-    pub single_object: usize,
-    /// Final temperature exp(logit_scale).
+    /// Objects located by colour in them (the object crops are drawn from these).
+    pub objects: usize,
+    /// Final inverse temperature exp(logit_scale).
     pub logit_scale: f64,
+    /// The zero-shot checks.
+    pub history: Vec<ProbeRecord>,
+    /// Where the time went.
+    pub time: TimeBreakdown,
     /// The settings.
     pub config: PretrainConfig,
 }
 
-/// Short texts for a single object: "a photo of a {class}.", with its colour, with its size.
-fn object_texts(o: &crate::shapes::CaptionObject) -> Vec<String> {
-    let Some(c) = &o.class else { return Vec::new() };
-    let mut v = vec![format!("a photo of a {c}.")];
-    if let Some(col) = &o.colour {
-        v.push(format!("a photo of a {col} {c}."));
-        if let Some(sz) = &o.size {
-            v.push(format!("a photo of a {sz} {col} {c}."));
-        }
+/// What [`pretrain`] tells its caller as it goes.
+#[derive(Debug, Clone)]
+pub enum PretrainEvent<'a> {
+    /// A step finished.
+    Step {
+        /// Steps done.
+        step: usize,
+        /// Its loss.
+        loss: f64,
+        /// Its learning rate.
+        lr: f64,
+    },
+    /// A zero-shot check finished.
+    Probe(&'a ProbeRecord),
+}
+
+/// Symmetric InfoNCE over images [B, D] and the distinct texts [U, D] (both normalised);
+/// `which[i]` is image i's text. Image → text: cross-entropy at its text. Text → image: the
+/// target spread evenly over the images that carry it.
+pub fn contrastive_loss(
+    img: Tensor<2>,
+    txt: Tensor<2>,
+    which: &[usize],
+    scale: Tensor<2>,
+) -> Tensor<1> {
+    let b = which.len();
+    let u = txt.dims()[0];
+    let device = img.device();
+    let logits = img.matmul(txt.transpose()) * scale; // [B, U]
+    let mut one_hot = vec![0.0f32; b * u];
+    let mut per_text = vec![0usize; u];
+    for (i, &t) in which.iter().enumerate() {
+        one_hot[i * u + t] = 1.0;
+        per_text[t] += 1;
     }
-    v
+    let mut spread = vec![0.0f32; u * b];
+    for (i, &t) in which.iter().enumerate() {
+        spread[t * b + i] = 1.0 / per_text[t] as f32;
+    }
+    let one_hot = Tensor::<2>::from_data(TensorData::new(one_hot, [b, u]), &device);
+    let spread = Tensor::<2>::from_data(TensorData::new(spread, [u, b]), &device);
+    let l_i = (log_softmax(logits.clone(), 1) * one_hot)
+        .sum()
+        .neg()
+        .div_scalar(b as f64);
+    let l_t = (log_softmax(logits.transpose(), 1) * spread)
+        .sum()
+        .neg()
+        .div_scalar(u as f64);
+    (l_i + l_t).div_scalar(2.0)
 }
 
 /// Trains the built-in teacher on `data/pretrain` and writes `model.safetensors`,
-/// `config.json`, `tokenizer.json` and `pretrain.json` into `out` (checkpoints along the way,
-/// each file written atomically). `progress` is called after each step with (step, loss).
+/// `config.json`, `tokenizer.json` and `pretrain.json` into `out` (each file written
+/// atomically; checkpoints along the way when asked). With `data/val` present, checks
+/// zero-shot accuracy every `eval_every` steps.
 pub fn pretrain(
     data: &Path,
     out: &Path,
     cfg: &PretrainConfig,
     device: &Device,
-    mut progress: impl FnMut(usize, f64),
+    mut progress: impl FnMut(PretrainEvent<'_>),
 ) -> Result<PretrainReport, TeacherError> {
     let split = data.join("pretrain");
     let pairs: Vec<CaptionPair> = read_captions(&split)?;
@@ -214,43 +361,31 @@ pub fn pretrain(
         ));
     }
     std::fs::create_dir_all(out).map_err(|e| TeacherError::io(out, e))?;
-    // The vocabulary: every word of the captions, object phrases and the eval prompt.
-    let mut texts: Vec<String> = pairs.iter().map(|p| p.caption.clone()).collect();
-    texts.extend(
-        pairs
-            .iter()
-            .flat_map(|p| p.objects.iter().flat_map(object_texts)),
-    );
-
-    texts.push("a photo of a .".into());
-    if let Ok(vocab) = crate::shapes::read_vocab(&data.join("vocab.toml")) {
-        for c in vocab.classes {
-            texts.push(c.name.clone());
-            texts.extend(c.synonyms.clone());
-        }
+    let corpus = Corpus::load(&pairs, cfg.batch.colour_tolerance)?;
+    // The vocabulary: every word of every text a batch can hold, and the eval prompt with
+    // every class name (and synonym) of the vocabulary.
+    let mut texts = corpus.all_texts();
+    let vocab = crate::shapes::read_vocab(&data.join("vocab.toml")).ok();
+    for c in vocab.iter().flat_map(|v| v.classes.iter()) {
+        texts.push(shape_text(&c.name));
+        texts.extend(c.synonyms.iter().map(|s| shape_text(s)));
     }
+    texts.push(shape_text("background"));
     let tok_path = out.join("tokenizer.json");
     let wv = build_word_level(&texts, &tok_path)?;
     let tokenizer = ClipTokenizer::from_file(&tok_path, cfg.context_length)?;
     let clip_cfg = cfg.clip_config(wv.vocab_size, wv.sot, wv.eot);
     clip_cfg.validate().map_err(TeacherError::InvalidRequest)?;
 
-    let images: Vec<RgbImage> = pairs
-        .iter()
-        .map(|p| load_rgb(&p.path))
-        .collect::<Result<_, _>>()?;
-    // Per image: its caption, and short object texts when it shows a single object.
-    let short: Vec<Vec<String>> = pairs
-        .iter()
-        .map(|p| {
-            if p.objects.len() == 1 {
-                object_texts(&p.objects[0])
-            } else {
-                Vec::new()
-            }
-        })
-        .collect();
-    let single_object = short.iter().filter(|v| !v.is_empty()).count();
+    let probe_set = if cfg.eval_every > 0 && data.join("val/instances.json").exists() {
+        Some(ZeroShotSet::from_val(
+            data,
+            cfg.image_size,
+            Some(cfg.eval_objects),
+        )?)
+    } else {
+        None
+    };
     let pre = PreprocessConfig::clip(cfg.image_size);
     let ad = device.clone().autodiff();
     let mut model = ClipModel::random(&clip_cfg, cfg.seed, &ad)?;
@@ -263,25 +398,58 @@ pub fn pretrain(
     let start = Instant::now();
     let limit = (cfg.max_seconds > 0).then(|| Duration::from_secs(cfg.max_seconds));
     let mut losses: Vec<f64> = Vec::new();
+    let mut history: Vec<ProbeRecord> = Vec::new();
+    let mut time = TimeBreakdown::default();
     let mut step = 0;
+    let temperature = |m: &ClipModel| -> Result<f64, TeacherError> {
+        Ok(to_vec(m.logit_scale.val().exp())?
+            .first()
+            .copied()
+            .unwrap_or(0.0) as f64)
+    };
+    let probe = |model: &ClipModel,
+                 step: usize,
+                 losses: &[f64],
+                 history: &[ProbeRecord]|
+     -> Result<Option<ProbeRecord>, TeacherError> {
+        let Some(set) = &probe_set else {
+            return Ok(None);
+        };
+        let m = model.valid();
+        let inverse_temperature = temperature(&m)?;
+        let teacher = Teacher::new(m, tokenizer.clone(), String::new(), device);
+        let r = set.evaluate(&teacher, EVAL_PROMPT)?;
+        let since = history.last().map_or(0, |h| h.step);
+        let recent = &losses[since.min(losses.len())..];
+        Ok(Some(ProbeRecord {
+            step,
+            seconds: start.elapsed().as_secs_f64(),
+            loss: recent.iter().sum::<f64>() / recent.len().max(1) as f64,
+            inverse_temperature,
+            objects: r.crops,
+            all: r.all,
+            base: r.base,
+            novel: r.novel,
+        }))
+    };
     let save = |model: &ClipModel,
                 step: usize,
                 losses: &[f64],
-                seconds: f64|
+                history: &[ProbeRecord],
+                time: &TimeBreakdown|
      -> Result<PretrainReport, TeacherError> {
         let m = model.valid();
         m.save(out)?;
         let tail = &losses[losses.len().saturating_sub(50)..];
         let report = PretrainReport {
             steps: step,
-            seconds,
+            seconds: start.elapsed().as_secs_f64(),
             final_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
             pairs: pairs.len(),
-            single_object,
-            logit_scale: to_vec(m.logit_scale.val().exp())?
-                .first()
-                .copied()
-                .unwrap_or(0.0) as f64,
+            objects: corpus.object_count(),
+            logit_scale: temperature(&m)?,
+            history: history.to_vec(),
+            time: time.clone(),
             config: cfg.clone(),
         };
         crate::io::write_atomic(
@@ -296,45 +464,42 @@ pub fn pretrain(
         if limit.is_some_and(|l| start.elapsed() >= l) {
             break;
         }
+        let t0 = Instant::now();
+        let batch = corpus.batch(cfg.batch_size, &cfg.batch, &pre, &mut rng);
+        let mut uniq: Vec<String> = Vec::new();
+        let which: Vec<usize> = batch
+            .texts
+            .iter()
+            .map(|t| match uniq.iter().position(|u| u == t) {
+                Some(k) => k,
+                None => {
+                    uniq.push(t.clone());
+                    uniq.len() - 1
+                }
+            })
+            .collect();
+        let tb = tokenizer.encode_batch(&uniq)?;
+        // Causal attention: positions after the last end token change nothing, so the
+        // padding beyond the longest text is cut.
+        let l = tb.eot.iter().max().map_or(1, |&e| e + 1);
+        let ids: Vec<i64> = tb
+            .ids
+            .chunks(tb.len)
+            .flat_map(|row| row[..l].iter().copied())
+            .collect();
+        let b = batch.texts.len();
         let s = cfg.image_size;
-        let mut px = Vec::with_capacity(cfg.batch_size * 3 * s * s);
-        let mut texts = Vec::with_capacity(cfg.batch_size);
-        for _ in 0..cfg.batch_size {
-            let i = rng.random_range(0..pairs.len());
-            let t = if !short[i].is_empty() && rng.random_bool(cfg.object_text_fraction) {
-                short[i][rng.random_range(0..short[i].len())].clone()
-            } else {
-                pairs[i].caption.clone()
-            };
-            let b = random_crop(&images[i], cfg.min_crop, &mut rng);
-            px.extend(pre.crop(&images[i], b)?);
-            texts.push(t);
-        }
-        let tb = tokenizer.encode_batch(&texts)?;
-        let b = texts.len();
-        let pixels = Tensor::<4>::from_data(TensorData::new(px, [b, 3, s, s]), &ad);
+        let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, [b, 3, s, s]), &ad);
+        let t1 = Instant::now();
         let img = l2_normalize(model.image_features(pixels));
-        let txt = l2_normalize(model.text_features(&tb.ids, tb.batch, tb.len));
+        let txt = l2_normalize(model.text_features(&ids, tb.batch, l));
         let scale = model
             .logit_scale
             .val()
             .clamp(0.0, 100f64.ln())
             .exp()
             .unsqueeze::<2>();
-        let logits = img.matmul(txt.transpose()) * scale; // [B, B]
-        let mut target = vec![0.0f32; b * b];
-        for i in 0..b {
-            let same: Vec<usize> = (0..b).filter(|&j| texts[j] == texts[i]).collect();
-            for &j in &same {
-                target[i * b + j] = 1.0 / same.len() as f32;
-            }
-        }
-        let target = Tensor::<2>::from_data(TensorData::new(target, [b, b]), &ad);
-        let l_i = (log_softmax(logits.clone(), 1) * target.clone())
-            .sum()
-            .neg();
-        let l_t = (log_softmax(logits.transpose(), 1) * target).sum().neg();
-        let loss = (l_i + l_t).div_scalar(2.0 * b as f64);
+        let loss = contrastive_loss(img, txt, &which, scale);
         let lv = to_vec(loss.clone().detach())?
             .first()
             .copied()
@@ -344,147 +509,114 @@ pub fn pretrain(
                 "loss became {lv} at step {step}"
             )));
         }
+        let t2 = Instant::now();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let lr = lr_at(cfg, step);
+        let t3 = Instant::now();
+        let lr = cfg.lr_at(step, start.elapsed());
         model = optim.step(lr, model, grads);
+        let t4 = Instant::now();
+        time.data += (t1 - t0).as_secs_f64();
+        time.forward += (t2 - t1).as_secs_f64();
+        time.backward += (t3 - t2).as_secs_f64();
+        time.optimizer += (t4 - t3).as_secs_f64();
         losses.push(lv);
         step += 1;
-        progress(step, lv);
-        if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step < cfg.steps {
-            save(&model, step, &losses, start.elapsed().as_secs_f64())?;
-        }
-    }
-    save(&model, step, &losses, start.elapsed().as_secs_f64())
-}
-
-/// Linear warm-up then cosine decay to 0.
-fn lr_at(cfg: &PretrainConfig, step: usize) -> f64 {
-    if step < cfg.warmup {
-        return cfg.lr * (step + 1) as f64 / cfg.warmup as f64;
-    }
-    let t = (step - cfg.warmup) as f64 / (cfg.steps - cfg.warmup).max(1) as f64;
-    cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
-}
-
-/// A random window of the image, each side between `min` and all of the image's.
-fn random_crop(img: &RgbImage, min: f64, rng: &mut impl Rng) -> [f32; 4] {
-    let (w, h) = (img.width() as f32, img.height() as f32);
-    let min = min.clamp(0.05, 1.0) as f32;
-    let cw = w * rng.random_range(min..=1.0);
-    let ch = h * rng.random_range(min..=1.0);
-    let x = rng.random_range(0.0..=(w - cw));
-    let y = rng.random_range(0.0..=(h - ch));
-    [x, y, x + cw, y + ch]
-}
-
-/// Zero-shot top-1 accuracy of single-object crops.
-#[derive(Debug, Clone, Serialize)]
-pub struct ZeroShotReport {
-    /// Crops scored.
-    pub crops: usize,
-    /// Accuracy over all crops.
-    pub all: f64,
-    /// Accuracy over crops of base classes.
-    pub base: f64,
-    /// Accuracy over crops of novel classes.
-    pub novel: f64,
-    /// Per class: (name, split, crops, accuracy).
-    pub per_class: Vec<(String, String, usize, f64)>,
-}
-
-/// Classifies every (non-crowd) annotated object of `data/val` by its ViLD region embedding
-/// (1x and 1.5x crops of its box, as the teacher embeds regions for distillation) against
-/// `prompt` filled with each class name of `data/vocab.toml` (argmax over all classes).
-pub fn zero_shot_eval(
-    teacher: &crate::embed::Teacher,
-    data: &Path,
-    prompt: &str,
-) -> Result<ZeroShotReport, TeacherError> {
-    let vocab = crate::shapes::read_vocab(&data.join("vocab.toml"))?;
-    let classes: Vec<Vec<String>> = vocab.classes.iter().map(|c| vec![c.name.clone()]).collect();
-    let text = teacher.class_embeds(&classes, &[prompt.to_string()])?; // [K, D]
-    let split_dir: PathBuf = data.join("val");
-    let coco = crate::shapes::read_coco(&split_dir.join("instances.json"))?;
-    let mut by_image: std::collections::BTreeMap<u64, Vec<&crate::shapes::CocoAnnotation>> =
-        Default::default();
-    for a in coco.annotations.iter().filter(|a| a.iscrowd == 0) {
-        by_image.entry(a.image_id).or_default().push(a);
-    }
-    let k = vocab.classes.len();
-    let mut hits = vec![0usize; k];
-    let mut counts = vec![0usize; k];
-    let class_index = |cat: u64| vocab.classes.iter().position(|c| c.id == cat);
-    for img in &coco.images {
-        let Some(anns) = by_image.get(&img.id) else {
-            continue;
-        };
-        let rgb = load_rgb(&crate::shapes::image_path(&split_dir, &img.file_name))?;
-        let (w, h) = (rgb.width() as f32, rgb.height() as f32);
-        let mut boxes = Vec::new();
-        let mut labels = Vec::new();
-        for a in anns {
-            let Some(ci) = class_index(a.category_id) else {
-                continue;
-            };
-            let b = a.bbox.map(|v| v as f32);
-            let b = [
-                b[0].max(0.0),
-                b[1].max(0.0),
-                (b[0] + b[2]).min(w),
-                (b[1] + b[3]).min(h),
-            ];
-            if b[2] - b[0] < 1.0 || b[3] - b[1] < 1.0 {
-                continue;
+        progress(PretrainEvent::Step { step, loss: lv, lr });
+        let last = step == cfg.steps || limit.is_some_and(|l| start.elapsed() >= l);
+        if cfg.eval_every > 0 && (step % cfg.eval_every == 0 || last) {
+            let t = Instant::now();
+            if let Some(r) = probe(&model, step, &losses, &history)? {
+                history.push(r);
+                progress(PretrainEvent::Probe(history.last().expect("pushed")));
             }
-            boxes.push(b);
-            labels.push(ci);
+            time.eval += t.elapsed().as_secs_f64();
         }
-        if labels.is_empty() {
-            continue;
-        }
-        let e = teacher.region_embeds(&rgb, &boxes)?; // [N, D]
-        let sims = to_vec(e.matmul(text.clone().transpose()))?; // [N, K]
-        for (n, &ci) in labels.iter().enumerate() {
-            let row = &sims[n * k..(n + 1) * k];
-            let best = (0..k).fold(0, |b, j| if row[j] > row[b] { j } else { b });
-            counts[ci] += 1;
-            hits[ci] += usize::from(best == ci);
+        if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && !last {
+            let t = Instant::now();
+            save(&model, step, &losses, &history, &time)?;
+            time.save += t.elapsed().as_secs_f64();
         }
     }
-    let acc = |f: &dyn Fn(&crate::shapes::VocabClass) -> bool| {
-        let (h, c) = vocab
-            .classes
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| f(v))
-            .fold((0, 0), |(h, c), (i, _)| (h + hits[i], c + counts[i]));
-        if c > 0 { h as f64 / c as f64 } else { f64::NAN }
-    };
-    Ok(ZeroShotReport {
-        crops: counts.iter().sum(),
-        all: acc(&|_| true),
-        base: acc(&|v| v.is_base()),
-        novel: acc(&|v| v.is_novel()),
-        per_class: vocab
-            .classes
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                (
-                    v.name.clone(),
-                    if v.is_novel() {
-                        "novel".into()
-                    } else {
-                        "base".into()
-                    },
-                    counts[i],
-                    if counts[i] > 0 {
-                        hits[i] as f64 / counts[i] as f64
-                    } else {
-                        f64::NAN
-                    },
-                )
-            })
-            .collect(),
-    })
+    save(&model, step, &losses, &history, &time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loss_of(img: &[f32], txt: &[f32], which: &[usize], d: usize, scale: f32) -> f32 {
+        let device = Device::default();
+        let b = which.len();
+        let u = txt.len() / d;
+        let i = Tensor::<2>::from_data(TensorData::new(img.to_vec(), [b, d]), &device);
+        let t = Tensor::<2>::from_data(TensorData::new(txt.to_vec(), [u, d]), &device);
+        let s = Tensor::<2>::from_data(TensorData::new(vec![scale], [1, 1]), &device);
+        to_vec(contrastive_loss(i, t, which, s)).unwrap()[0]
+    }
+
+    #[test]
+    fn contrastive_loss_matches_hand_computation() {
+        // Two images share text 0, one has text 1; 2-d unit vectors.
+        let img = [1.0, 0.0, 0.0, 1.0, 0.6, 0.8];
+        let txt = [1.0, 0.0, 0.0, 1.0];
+        let which = [0, 0, 1];
+        let s = 2.0f32;
+        let logits = [[s, 0.0], [0.0, s], [0.6 * s, 0.8 * s]];
+        let lse = |v: &[f32]| v.iter().map(|x| x.exp()).sum::<f32>().ln();
+        let l_i = (0..3)
+            .map(|i| lse(&logits[i]) - logits[i][which[i]])
+            .sum::<f32>()
+            / 3.0;
+        let col = |t: usize| [logits[0][t], logits[1][t], logits[2][t]];
+        let l_t0 = lse(&col(0)) - 0.5 * (col(0)[0] + col(0)[1]);
+        let l_t1 = lse(&col(1)) - col(1)[2];
+        let want = 0.5 * (l_i + 0.5 * (l_t0 + l_t1));
+        let got = loss_of(&img, &txt, &which, 2, s);
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn schedule_warms_up_then_anneals_by_steps_or_time() {
+        let mut c = PretrainConfig::preset("default").unwrap();
+        c.steps = 110;
+        c.warmup = 10;
+        c.max_seconds = 100;
+        let z = Duration::ZERO;
+        assert!((c.lr_at(0, z) - c.lr / 10.0).abs() < 1e-12);
+        assert!((c.lr_at(10, z) - c.lr).abs() < 1e-12);
+        assert!((c.lr_at(60, z) - c.lr / 2.0).abs() < 1e-9);
+        assert!(c.lr_at(109, z) < 1e-3 * c.lr);
+        // Half the time gone at step 10: already half-way down.
+        assert!((c.lr_at(10, Duration::from_secs(50)) - c.lr / 2.0).abs() < 1e-9);
+        assert_eq!(c.lr_at(20, Duration::from_secs(200)), 0.0);
+    }
+
+    #[test]
+    fn settings_can_be_overridden_by_name() {
+        let mut c = PretrainConfig::preset("quick").unwrap();
+        c.set("batch_size=12").unwrap();
+        c.set("min_crop=0.5").unwrap();
+        c.set("context_max=1.4").unwrap();
+        c.set("flip=false").unwrap();
+        assert_eq!(c.batch_size, 12);
+        assert_eq!(c.batch.min_crop, 0.5);
+        assert_eq!(c.batch.context_max, 1.4);
+        assert!(!c.batch.flip);
+        let e = c.set("no_such=1").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown setting") && e.contains("min_crop"),
+            "{e}"
+        );
+        assert!(c.set("batch_size=lots").is_err());
+        assert!(PretrainConfig::preset("huge").is_err());
+    }
+
+    #[test]
+    fn presets_make_valid_architectures() {
+        for p in ["quick", "default", "large"] {
+            let c = PretrainConfig::preset(p).unwrap();
+            c.clip_config(100, 98, 99).validate().unwrap();
+            assert_eq!(c.image_size % c.patch_size, 0, "{p}");
+        }
+    }
 }
