@@ -90,6 +90,15 @@ O eval det --gt "$RUN/data/val/instances.json" --dets "$RUN/eval/det_internal.de
 TIMES[eval]=$(step_time "$t")
 TOTAL=$(stamp)
 
+{
+    echo "preset $PRESET (teacher ${TEACHER:-pretrained, preset $TEACHER_PRESET}), sets: ${SETS[*]}"
+    echo "device $DEVICE, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+    for k in data teacher proposals train eval; do echo "$k ${TIMES[$k]}"; done
+    echo "total $TOTAL"
+    echo "proposals+cache+train+eval $(python3 -c "import sys; print(f'{sum(map(float, sys.argv[1:])):.1f}')" \
+        "${TIMES[proposals]}" "${TIMES[train]}" "${TIMES[eval]}")"
+} > "$RUN/time.txt"
+
 # Ablations (not part of the timed experiment), on the same data, teacher and cache.
 SHARED=(--set data.root="\"$RUN/data\"" --set teacher.path="\"$RUN/teacher\""
         --set cache.regions="\"$RUN/cache/regions\"")
@@ -111,15 +120,9 @@ done
 TIMES[ablation_ensemble]=$(step_time "$t")
 
 {
-    echo "preset $PRESET (teacher ${TEACHER:-pretrained, preset $TEACHER_PRESET}), sets: ${SETS[*]}"
-    echo "device $DEVICE, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
-    for k in data teacher proposals train eval; do echo "$k ${TIMES[$k]}"; done
-    echo "total $TOTAL"
-    echo "proposals+cache+train+eval $(python3 -c "import sys; print(f'{sum(map(float, sys.argv[1:])):.1f}')" \
-        "${TIMES[proposals]}" "${TIMES[train]}" "${TIMES[eval]}")"
     echo "ablation_text_only ${TIMES[ablation_text_only]}"
     echo "ablation_ensemble ${TIMES[ablation_ensemble]}"
-} > "$RUN/time.txt"
+} >> "$RUN/time.txt"
 
 python3 - "$RUN" <<'PY' | tee "$RUN/summary.md"
 import json, sys, os
