@@ -261,18 +261,24 @@ pub fn write_report(run: &Path, out: &Path) -> Result<ReportFiles> {
 
     let stages_dir = run.join(".stages");
     if let Ok(entries) = std::fs::read_dir(&stages_dir) {
-        let mut rows: Vec<Vec<String>> = entries
+        // In the order the stages finished: a record is written when its stage ends.
+        let mut recs: Vec<(std::time::SystemTime, Vec<String>)> = entries
             .filter_map(|e| e.ok())
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
-            .map(|v| {
-                vec![
-                    v["stage"].as_str().unwrap_or("?").to_string(),
-                    format!("{:.1}", v["seconds"].as_f64().unwrap_or(f64::NAN)),
-                ]
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| {
+                let when = e.metadata().and_then(|m| m.modified()).ok()?;
+                let v = serde_json::from_slice::<Value>(&std::fs::read(e.path()).ok()?).ok()?;
+                Some((
+                    when,
+                    vec![
+                        v["stage"].as_str().unwrap_or("?").to_string(),
+                        format!("{:.1}", v["seconds"].as_f64().unwrap_or(f64::NAN)),
+                    ],
+                ))
             })
             .collect();
-        rows.sort();
+        recs.sort();
+        let rows: Vec<Vec<String>> = recs.into_iter().map(|(_, r)| r).collect();
         if !rows.is_empty() {
             blocks.push(Block::Heading("Stages".into()));
             blocks.push(Block::Table {

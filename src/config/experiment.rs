@@ -187,6 +187,9 @@ pub fn load(
             preset_overlay(p)?,
         )?;
         for key in super::loader::leaf_keys(&overlay.table) {
+            if !preset_applies(&layered.table, &key) {
+                continue;
+            }
             if let Some(value) = lookup(&overlay.table, &key) {
                 layered
                     .set(&key, value.clone(), super::Origin::Program("--preset"))
@@ -200,6 +203,19 @@ pub fn load(
     }
     let exp: Experiment = layered.deserialize()?;
     Ok((layered, exp))
+}
+
+/// A preset shrinks what an experiment has: it adds no student section, and sizes only
+/// generated data and the built-in teacher.
+fn preset_applies(table: &toml::Table, key: &str) -> bool {
+    let section = key.split('.').next().unwrap_or(key);
+    let source = lookup(table, &format!("{section}.source")).and_then(|v| v.as_str());
+    match section {
+        "data" => source == Some("ov-shapes"),
+        "teacher" => source == Some("builtin"),
+        s if STUDENTS.contains(&s) => table.contains_key(s),
+        _ => true,
+    }
 }
 
 /// The student sections, which may name a student config file with `config = "FILE"`.

@@ -110,15 +110,28 @@ pub fn stages(ctx: &Context, layered: &Layered, exp: &Experiment) -> Result<Vec<
     out.push(data_stage(ctx, exp)?);
     out.push(teacher_stage(ctx, exp));
     if let Some(section) = &exp.detector {
-        let _ = layered.sub("detector")?;
+        // Checked now, with the experiment's files and lines, so a bad key fails before work.
+        student_view(layered, "detector")?
+            .deserialize::<crate::cli::train_detector::DetExperimentConfig>()?;
         out.extend(detector_stages(ctx, exp, section));
     }
     if let Some(section) = &exp.segmenter {
-        let _ = layered.sub("segmenter")?;
+        student_view(layered, "segmenter")?
+            .deserialize::<crate::cli::train_segmenter::SegTrainConfig>()?;
         out.extend(segmenter_stages(ctx, exp, section));
+    }
+    if exp.detector.is_some() {
+        out.push(eval_stage(ctx));
     }
     out.push(report_stage(ctx));
     Ok(out)
+}
+
+/// A student's section as its own config, without the `config` key the loader already used.
+fn student_view(layered: &Layered, student: &str) -> Result<Layered> {
+    let mut view = layered.sub(student)?;
+    view.table.remove("config");
+    Ok(view)
 }
 
 fn data_stage(ctx: &Context, exp: &Experiment) -> Result<CommandStage> {
@@ -225,6 +238,7 @@ fn teacher_stage(ctx: &Context, exp: &Experiment) -> CommandStage {
 fn detector_stages(ctx: &Context, exp: &Experiment, section: &toml::Table) -> Vec<CommandStage> {
     let mk = |name: &'static str,
               upstream: &'static [&'static str],
+              keys: &'static [&'static str],
               outputs: Vec<&'static str>,
               args: fn(&Path, &Path) -> Vec<String>| {
         let ctx = ctx.clone();
@@ -233,7 +247,7 @@ fn detector_stages(ctx: &Context, exp: &Experiment, section: &toml::Table) -> Ve
         CommandStage {
             name,
             upstream,
-            keys: &["detector"],
+            keys,
             outputs,
             work: Box::new(move |run, _| {
                 let cfg = write_student_config(&exp, &section, "detector.toml", run)?;
@@ -242,15 +256,25 @@ fn detector_stages(ctx: &Context, exp: &Experiment, section: &toml::Table) -> Ve
         }
     };
     vec![
+        // The proposals (and their teacher embeddings) depend on the RPN's model, its own
+        // section, and the data and teacher; not on the detector's training settings.
         mk(
             "proposals",
             &["data", "teacher"],
-            vec!["proposals"],
+            &[
+                "detector.detector",
+                "detector.proposals",
+                "detector.data",
+                "detector.teacher",
+                "detector.cache",
+            ],
+            vec!["proposals", "cache/regions"],
             |cfg, run| student_args(&["proposals"], cfg, run),
         ),
         mk(
             "train-detector",
             &["proposals"],
+            &["detector"],
             vec![
                 "detector",
                 "eval/det.json",
@@ -283,6 +307,43 @@ fn segmenter_stages(ctx: &Context, exp: &Experiment, section: &toml::Table) -> V
     }]
 }
 
+/// Scores the detector's val detections with `ovkd eval det` (the same numbers the training
+/// command printed) and draws the PR curves and per-class AP bars for the report.
+fn eval_stage(ctx: &Context) -> CommandStage {
+    let ctx = ctx.clone();
+    CommandStage {
+        name: "eval",
+        upstream: &["train-detector"],
+        keys: &[],
+        outputs: vec!["eval/det_plots", "eval/det.md"],
+        work: Box::new(move |run, _| {
+            let dets = run.join("eval/detections.json");
+            if !dets.is_file() {
+                bail!("{}: missing (train-detector writes it)", dets.display());
+            }
+            ovkd(
+                &ctx,
+                vec![
+                    "eval".into(),
+                    "det".into(),
+                    "--gt".into(),
+                    s(&run.join("data/val/instances.json")),
+                    "--dets".into(),
+                    s(&dets),
+                    "--vocab".into(),
+                    s(&run.join("data/vocab.toml")),
+                    "--out".into(),
+                    s(&run.join("eval/det.json")),
+                    "--markdown".into(),
+                    s(&run.join("eval/det.md")),
+                    "--plots".into(),
+                    s(&run.join("eval/det_plots")),
+                ],
+            )
+        }),
+    }
+}
+
 /// `ovkd COMMAND --config CFG --run RUN --resume`: the student commands continue from their
 /// checkpoints, and start afresh in a directory the stage has just cleared.
 fn student_args(command: &[&str], cfg: &Path, run: &Path) -> Vec<String> {
@@ -301,7 +362,13 @@ fn report_stage(ctx: &Context) -> CommandStage {
     let ctx = ctx.clone();
     CommandStage {
         name: "report",
-        upstream: &["data", "teacher", "train-detector", "train-segmenter"],
+        upstream: &[
+            "data",
+            "teacher",
+            "train-detector",
+            "train-segmenter",
+            "eval",
+        ],
         keys: &["eval"],
         outputs: vec!["report"],
         work: Box::new(move |run, _| {

@@ -271,8 +271,15 @@ pub fn launch_child(
             .with_context(|| format!("starting {}", exe.display()))?;
         if !status.success() {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(5).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            // The error line says what went wrong; else the end of the log.
+            let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("error")).collect();
+            let tail: Vec<&str> = if errors.is_empty() {
+                let mut t: Vec<&str> = text.lines().rev().take(5).collect();
+                t.reverse();
+                t
+            } else {
+                errors
+            };
             bail!("{status}: {}", tail.join(" | "));
         }
         Ok(())
@@ -476,6 +483,23 @@ mod tests {
         std::fs::write(&p, text).unwrap();
         let f = SweepFile::load(&p).unwrap();
         (dir, f)
+    }
+
+    #[test]
+    fn the_shipped_sweeps_plan_and_their_experiments_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/sweeps");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let f = SweepFile::load(&path).unwrap();
+            assert!(!f.plan().unwrap().is_empty());
+            let sets: Vec<String> = f.plan().unwrap()[0]
+                .sets
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            crate::config::experiment::load(&f.config, f.preset.as_deref(), &sets)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        }
     }
 
     #[test]

@@ -1,0 +1,264 @@
+//! `ovkd pipeline` and `ovkd sweep` end to end on a tiny OV-Shapes experiment: stages skip when
+//! unchanged and rerun downstream of a change, a run killed during training finishes with the
+//! same numbers as one that was not, and a sweep records its failing run and goes on.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const EXPERIMENT: &str = r#"
+name = "tiny"
+
+[data]
+source = "ov-shapes"
+preset = "quick"
+seed = 2
+
+[data.settings]
+train_images = 4
+val_images = 2
+pretrain_images = 64
+image_size = 64
+pretrain_image_size = 64
+
+[teacher]
+source = "builtin"
+preset = "quick"
+steps = 2
+
+[detector.detector]
+preset = "tiny"
+box_head.fc_dim = 32
+roi_heads.batch_size_per_image = 32
+
+[detector.distill]
+image_regions_per_image = 8
+
+[detector.proposals]
+top_k = 20
+batch = 4
+
+[detector.proposals.train]
+steps = 2
+lr = 0.001
+batch_size = 2
+checkpoint_every = 2
+
+[detector.train]
+steps = 8
+lr = 0.001
+batch_size = 2
+checkpoint_every = 2
+seed = 4
+
+[detector.eval]
+batch = 2
+draw = 1
+"#;
+
+fn ovkd(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ovkd"))
+        .args(["--device", "cpu"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn ok(args: &[&str]) -> String {
+    let (success, text) = ovkd(args);
+    assert!(success, "ovkd {args:?} failed:\n{text}");
+    text
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn experiment(dir: &Path) -> PathBuf {
+    let p = dir.join("tiny.toml");
+    std::fs::write(&p, EXPERIMENT).unwrap();
+    p
+}
+
+fn stats(run: &Path) -> serde_json::Value {
+    let det: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("eval/det.json")).unwrap()).unwrap();
+    serde_json::json!({"stats": det["stats"], "splits": det["splits"]})
+}
+
+/// Which stages a pipeline run ran (not skipped), from its stage table.
+fn ran(out: &str) -> Vec<String> {
+    let table = out.split("stage ").last().unwrap_or_default();
+    table
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (name, secs) = (it.next()?, it.next()?);
+            secs.parse::<f64>().ok().map(|_| name.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn pipeline_skips_reruns_downstream_and_a_killed_run_ends_with_the_same_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = experiment(tmp.path());
+    let a = tmp.path().join("a");
+    let all = [
+        "data",
+        "teacher",
+        "proposals",
+        "train-detector",
+        "eval",
+        "report",
+    ];
+    let out = ok(&["pipeline", "--config", s(&cfg), "--run", s(&a)]);
+    assert_eq!(ran(&out), all, "{out}");
+    assert!(out.contains("report/index.html"), "{out}");
+    assert!(a.join("report/index.html").is_file() && a.join("config.toml").is_file());
+    let resolved = std::fs::read_to_string(a.join("config.toml")).unwrap();
+    assert!(resolved.contains("steps = 8"), "{resolved}");
+    let first = stats(&a);
+
+    // Nothing changed: nothing runs.
+    let out = ok(&["pipeline", "--config", s(&cfg), "--run", s(&a)]);
+    assert!(ran(&out).is_empty(), "{out}");
+
+    // A training setting changed: training and what reads it rerun, the rest is kept.
+    let out = ok(&[
+        "pipeline",
+        "--config",
+        s(&cfg),
+        "--run",
+        s(&a),
+        "--set",
+        "detector.train.steps=6",
+    ]);
+    assert_eq!(ran(&out), ["train-detector", "eval", "report"], "{out}");
+
+    // Killed during training, then started again: the same numbers as the uninterrupted run.
+    let b = tmp.path().join("b");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ovkd"))
+        .args([
+            "--device",
+            "cpu",
+            "pipeline",
+            "--config",
+            s(&cfg),
+            "--run",
+            s(&b),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = b.join("detector/ckpt-000002");
+    let mut killed = false;
+    for _ in 0..60_000 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if ckpt.is_dir() {
+            child.kill().unwrap();
+            killed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait().unwrap();
+    assert!(
+        killed,
+        "the run ended before its first detector checkpoint could be seen"
+    );
+    assert!(!b.join(".stages/train-detector.json").exists());
+    let out = ok(&["pipeline", "--config", s(&cfg), "--run", s(&b)]);
+    assert_eq!(ran(&out), ["train-detector", "eval", "report"], "{out}");
+    assert_eq!(stats(&b), first);
+}
+
+#[test]
+fn a_bad_key_stops_the_pipeline_before_any_work_naming_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = experiment(tmp.path());
+    let run = tmp.path().join("run");
+    let (success, text) = ovkd(&[
+        "pipeline",
+        "--config",
+        s(&cfg),
+        "--run",
+        s(&run),
+        "--set",
+        "detector.train.lr=-1",
+    ]);
+    assert!(!success);
+    assert!(
+        text.contains("`detector.train.lr`") && text.contains("--set #1"),
+        "{text}"
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("top_k = 20", "top_kk = 20");
+    std::fs::write(&cfg, text).unwrap();
+    let (success, text) = ovkd(&["pipeline", "--config", s(&cfg), "--run", s(&run)]);
+    assert!(!success);
+    assert!(
+        text.contains("tiny.toml:30") && text.contains("`detector.proposals.top_kk`"),
+        "{text}"
+    );
+    assert!(!run.join("data").exists(), "no stage ran");
+}
+
+#[test]
+fn a_sweep_records_its_failing_run_goes_on_and_skips_finished_runs_on_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    experiment(tmp.path());
+    let sweep = tmp.path().join("sweep.toml");
+    std::fs::write(
+        &sweep,
+        "config = \"tiny.toml\"\nmetric = \"det.stats.AP50\"\n[grid]\n\"detector.train.lr\" = [0.001, -1.0]\n",
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("out");
+    let out = ok(&[
+        "sweep",
+        "--config",
+        s(&sweep),
+        "--out",
+        s(&out_dir),
+        "--jobs",
+        "2",
+    ]);
+    assert!(out.contains("1 of 2 runs failed"), "{out}");
+    let csv = std::fs::read_to_string(out_dir.join("results.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(
+        rows[1].starts_with("lr=0.001,ok,"),
+        "the finished run first: {csv}"
+    );
+    assert!(rows[2].starts_with("lr=-1.0,failed,"), "{csv}");
+    assert!(
+        rows[2].contains("detector.train.lr"),
+        "the error is recorded: {csv}"
+    );
+    assert!(rows[0].contains("det.stats.AP50") && rows[0].contains("teacher.zero_shot.all"));
+    assert!(out_dir.join("results.parquet").is_file());
+    assert!(
+        std::fs::read_to_string(out_dir.join("results.md"))
+            .unwrap()
+            .contains("## Failed runs")
+    );
+
+    let again = ok(&["sweep", "--config", s(&sweep), "--out", s(&out_dir)]);
+    assert!(
+        again.contains("lr=0.001: finished earlier, skipped"),
+        "{again}"
+    );
+    assert!(again.contains("lr=-1.0: FAILED"), "{again}");
+}
