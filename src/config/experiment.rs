@@ -13,7 +13,10 @@
 //!
 //! Relative paths in a config are relative to the working directory, like paths given as flags.
 
-use super::{Invalid, Layered, Validate, loader::check_positive};
+use super::{
+    Invalid, Layered, Validate,
+    loader::{check_positive, check_range},
+};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -155,6 +158,13 @@ impl Validate for Experiment {
                 check_positive(problems, format!("{prefix}teacher.steps"), *s as f64);
             }
         }
+        check_range(
+            problems,
+            format!("{prefix}eval.draw"),
+            self.eval.draw as f64,
+            0.0,
+            1000.0,
+        );
         if self.detector.is_none() && self.segmenter.is_none() {
             problems.push(Invalid::new(
                 format!("{prefix}detector"),

@@ -165,7 +165,10 @@ mod tests {
             // f32 arithmetic: a relative bound, since values reach ~100 where vv = 0.01.
             let tol = 1e-5 * formula.abs().max(1.0);
             assert!((*g as f64 - formula).abs() < tol, "{i}: {g} vs {formula}");
-            assert!((g - w2).abs() < 1e-4 * w2.abs().max(1.0), "{i}: {g} vs burn {w2}");
+            assert!(
+                (g - w2).abs() < 1e-4 * w2.abs().max(1.0),
+                "{i}: {g} vs burn {w2}"
+            );
         }
     }
 
