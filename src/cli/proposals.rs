@@ -40,21 +40,9 @@ use super::train_detector::{
 /// Arguments of `ovkd proposals`.
 #[derive(Args, Debug)]
 pub struct ProposalsArgs {
-    /// The experiment config (the same file `ovkd train detector` reads).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// The run directory.
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Continue the RPN's training from the newest checkpoint in RUN/proposals.
-    #[arg(long)]
-    pub resume: bool,
-    /// Override a config value, e.g. `--set proposals.top_k=100` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
+    /// Config, run directory, --resume, --set, --quiet.
+    #[command(flatten)]
+    pub common: super::RunArgs,
     /// Do not fill the region-embedding cache (by default, when `distill.image_weight > 0`,
     /// the teacher embeds the proposals into `cache.regions`, as `ovkd teacher embed` does).
     #[arg(long)]
@@ -233,9 +221,9 @@ pub fn print_recall(recall: &BTreeMap<String, BTreeMap<String, RecallStats>>) {
 /// Runs `ovkd proposals`.
 pub fn run(ctx: &Context, args: ProposalsArgs) -> Result<()> {
     let t0 = Instant::now();
-    let cfg = load_config(&args.config, &args.sets)?;
-    let paths = RunPaths::new(&cfg, &args.run);
-    let out_dir = args.run.join("proposals");
+    let cfg = load_config(&args.common.config, &args.common.sets)?;
+    let paths = RunPaths::new(&cfg, &args.common.run);
+    let out_dir = args.common.run.join("proposals");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let data = OvShapesDir::open(&paths.data)
         .with_context(|| format!("opening the data set {}", paths.data.display()))?;
@@ -285,8 +273,8 @@ pub fn run(ctx: &Context, args: ProposalsArgs) -> Result<()> {
             )?
             .with_prefetch(cfg.data.prefetch);
             let opts = LoopOptions {
-                resume: args.resume,
-                progress: !args.quiet,
+                resume: args.common.resume,
+                progress: !args.common.quiet,
                 stop_after: None,
                 label: "rpn".into(),
             };
@@ -307,7 +295,7 @@ pub fn run(ctx: &Context, args: ProposalsArgs) -> Result<()> {
                 p.nms_thresh,
                 p.batch,
                 &device,
-                args.quiet,
+                args.common.quiet,
             )?;
             println!(
                 "proposed {} boxes for {} images in {:.1} s",

@@ -46,18 +46,9 @@ use crate::config::{Invalid, Layered, Validate, loader::check_positive};
 /// Arguments of `ovkd train detector`.
 #[derive(Args, Debug)]
 pub struct TrainDetectorArgs {
-    /// The experiment config (TOML; `extends` allowed).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// The run directory.
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Continue from the newest checkpoint in RUN/detector.
-    #[arg(long)]
-    pub resume: bool,
-    /// Override a config value, e.g. `--set train.steps=200` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
+    /// Config, run directory, --resume, --set, --quiet.
+    #[command(flatten)]
+    pub common: super::RunArgs,
     /// Stop after this many steps of this process (checkpointing there).
     #[arg(long)]
     pub stop_after: Option<usize>,
@@ -71,9 +62,6 @@ pub struct TrainDetectorArgs {
     /// The report's name: `RUN/eval/NAME.json` (default `det`).
     #[arg(long, default_value = "det")]
     pub eval_name: String,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 /// Where the data is and how training images are augmented.
@@ -761,8 +749,8 @@ pub fn summary_line(report: &ovkd_eval::DetReport) -> String {
 /// Runs `ovkd train detector`.
 pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
     let t0 = Instant::now();
-    let cfg = load_config(&args.config, &args.sets)?;
-    let run = args.run.clone();
+    let cfg = load_config(&args.common.config, &args.common.sets)?;
+    let run = args.common.run.clone();
     let paths = RunPaths::new(&cfg, &run);
     let det_dir = run.join("detector");
     std::fs::create_dir_all(&det_dir).with_context(|| format!("creating {}", det_dir.display()))?;
@@ -863,8 +851,8 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
     )?
     .with_prefetch(cfg.data.prefetch);
     let opts = LoopOptions {
-        resume: args.resume,
-        progress: !args.quiet,
+        resume: args.common.resume,
+        progress: !args.common.quiet,
         stop_after: args.stop_after,
         label: "detector".into(),
     };
@@ -913,7 +901,7 @@ fn finish_eval(
         &run.join("eval"),
         &args.eval_name,
         device,
-        args.quiet,
+        args.common.quiet,
     )?;
     println!(
         "val ({:?} scores): {} ({:.1} s inference); {}",

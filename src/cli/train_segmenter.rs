@@ -42,28 +42,15 @@ use crate::config::{Invalid, Layered, Validate, loader::check_positive};
 /// Arguments of `ovkd train segmenter`.
 #[derive(Args, Debug)]
 pub struct TrainSegmenterArgs {
-    /// The experiment config (TOML with `[data]`, `[teacher]`, `[segmenter]`, `[distill]`,
-    /// `[train]`, `[eval]`; `extends` allowed).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// The run directory.
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Continue from the newest checkpoint in RUN/segmenter.
-    #[arg(long)]
-    pub resume: bool,
-    /// Override a config value, e.g. `--set train.steps=200` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
+    /// Config, run directory, --resume, --set, --quiet.
+    #[command(flatten)]
+    pub common: super::RunArgs,
     /// Stop after this many steps of this process (checkpointing there).
     #[arg(long)]
     pub stop_after: Option<usize>,
     /// Skip the final evaluation.
     #[arg(long)]
     pub no_eval: bool,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 /// Where the data is.
@@ -308,8 +295,8 @@ struct PseudoStats {
 /// Runs `ovkd train segmenter`.
 pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
     let t0 = Instant::now();
-    let cfg = load_config(&args.config, &args.sets)?;
-    let run = args.run.clone();
+    let cfg = load_config(&args.common.config, &args.common.sets)?;
+    let run = args.common.run.clone();
     let seg_dir = run.join("segmenter");
     std::fs::create_dir_all(&seg_dir).with_context(|| format!("creating {}", seg_dir.display()))?;
     let data_root = cfg.data.root.clone().unwrap_or_else(|| run.join("data"));
@@ -372,7 +359,7 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
         &cfg,
         &cache.join(format!("seg-dense-val-{size}.safetensors")),
         "val images (teacher)",
-        args.quiet,
+        args.common.quiet,
     )?;
     let num_classes = classes.ids.iter().copied().max().unwrap_or(0) as usize + 1;
     let eval_vocab = ovkd_eval::Vocabulary::from_path(&data.root.join("vocab.toml"))?;
@@ -467,7 +454,7 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
             &cfg,
             &cache.join(format!("seg-dense-train-{size}.safetensors")),
             "train images (teacher)",
-            args.quiet,
+            args.common.quiet,
         )?))
     } else {
         None
@@ -475,7 +462,7 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
     let mut dataset = SegTrainSet::new(train_pairs.clone());
     if cfg.distill.pseudo.enabled {
         let feats = train_feats.as_ref().expect("computed above");
-        let b = bar(train_pairs.len(), "pseudo-label maps", args.quiet);
+        let b = bar(train_pairs.len(), "pseudo-label maps", args.common.quiet);
         let mut maps = Vec::with_capacity(train_pairs.len());
         for (i, (_, lp)) in train_pairs.iter().enumerate() {
             let gt = SemanticMask::read(lp)?;
@@ -551,8 +538,8 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
         },
     )?;
     let opts = LoopOptions {
-        resume: args.resume,
-        progress: !args.quiet,
+        resume: args.common.resume,
+        progress: !args.common.quiet,
         stop_after: args.stop_after,
         label: "segmenter".into(),
     };
@@ -583,7 +570,7 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
         &values,
         num_classes,
         &eval_vocab,
-        args.quiet,
+        args.common.quiet,
     )?;
     report.write_json(&eval_dir.join("seg.json"))?;
     println!("Student:\n{}", report.to_markdown());
