@@ -6,7 +6,7 @@
 //! wraps each conv in a `Conv2dNormActivation`, hence its extra `.0`).
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use crate::ops::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::tensor::module::{interpolate, max_pool2d};
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};

@@ -6,7 +6,7 @@
 //! Burn's trainable batch norm calls `weight`/`bias` `gamma`/`beta`.
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use crate::ops::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;

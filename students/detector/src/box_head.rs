@@ -8,7 +8,7 @@
 //! shared trunk or by a separate trunk; the ViLD-image distillation loss trains it.
 
 use burn::module::{Module, Param};
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::{Device, Distribution, Tensor};

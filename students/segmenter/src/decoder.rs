@@ -6,7 +6,7 @@
 //! embeddings of any label set gives per-pixel logits (see [`crate::segmenter`]).
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::module::interpolate;
