@@ -5,8 +5,8 @@
 //! Parameter names follow torchvision (`inner_blocks.{i}`, `layer_blocks.{i}`; torchvision
 //! wraps each conv in a `Conv2dNormActivation`, hence its extra `.0`).
 
-use burn::module::Module;
 use crate::ops::{Conv2d, Conv2dConfig};
+use burn::module::Module;
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::tensor::module::{interpolate, max_pool2d};
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};

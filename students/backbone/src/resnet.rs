@@ -5,8 +5,8 @@
 //! block's `downsample.0` / `downsample.1` are `downsample.conv` / `downsample.bn` here and
 //! Burn's trainable batch norm calls `weight`/`bias` `gamma`/`beta`.
 
-use burn::module::Module;
 use crate::ops::{Conv2d, Conv2dConfig};
+use burn::module::Module;
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;

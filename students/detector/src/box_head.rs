@@ -8,10 +8,10 @@
 //! shared trunk or by a separate trunk; the ViLD-image distillation loss trains it.
 
 use burn::module::{Module, Param};
-use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::{Device, Distribution, Tensor};
+use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
 use serde::{Deserialize, Serialize};
 
 /// Trunk architecture.

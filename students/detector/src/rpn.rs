@@ -8,11 +8,11 @@
 //! sample of anchors and a box loss on its positives, normalised by the sample size.
 
 use burn::module::Module;
-use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ovkd_backbone::FeatureMap;
+use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
