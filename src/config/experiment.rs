@@ -15,7 +15,7 @@
 
 use super::{
     Invalid, Layered, Validate,
-    loader::{check_positive, check_range},
+    loader::{check_positive, check_range, lookup},
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -276,16 +276,6 @@ fn graft_student_config(
             .map_err(|m| anyhow::anyhow!("{}: `{full}`: {m}", student_cfg.origin(&leaf)))?;
     }
     Ok(())
-}
-
-fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
-    let mut t = Some(table);
-    let mut v = None;
-    for part in key.split('.') {
-        v = t.and_then(|t| t.get(part));
-        t = v.and_then(|x| x.as_table());
-    }
-    v
 }
 
 #[cfg(test)]

@@ -517,7 +517,18 @@ fn merge_table(
     }
 }
 
-/// The dotted paths of every leaf in `table` (for listing what a sweep may vary).
+/// The value at a dotted `key` (`detector.train.lr`) of `table`, if every part is there.
+pub fn lookup<'a>(table: &'a Table, key: &str) -> Option<&'a Value> {
+    let mut t = Some(table);
+    let mut v = None;
+    for part in key.split('.') {
+        v = t.and_then(|t| t.get(part));
+        t = v.and_then(|x| x.as_table());
+    }
+    v
+}
+
+/// The dotted paths of every leaf in `table` (preset overlays, student configs).
 pub fn leaf_keys(table: &Table) -> BTreeSet<String> {
     fn walk(t: &Table, prefix: &str, out: &mut BTreeSet<String>) {
         for (k, v) in t {

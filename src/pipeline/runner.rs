@@ -81,12 +81,7 @@ pub fn config_hash(config: &toml::Table, keys: &[&str]) -> String {
     for key in keys {
         h.update(key.as_bytes());
         h.update([0]);
-        let mut v: Option<&toml::Value> = None;
-        let mut table = Some(config);
-        for part in key.split('.') {
-            v = table.and_then(|t| t.get(part));
-            table = v.and_then(|v| v.as_table());
-        }
+        let v = crate::config::loader::lookup(config, key);
         // toml::Table is ordered by key, so its JSON form is canonical.
         let json = serde_json::to_string(&v).expect("TOML values serialise to JSON");
         h.update(json.as_bytes());

@@ -163,15 +163,7 @@ impl Checkpoints {
         model: M,
         optim: ModuleOptimizer,
     ) -> Result<(M, ModuleOptimizer, LoopState), CheckpointError> {
-        let model_path = path.join(MODEL);
-        let flags = require_grad_flags(&model);
-        let model = model
-            .try_load_file(&model_path)
-            .map_err(|e| CheckpointError::Record {
-                path: model_path.clone(),
-                message: e.to_string(),
-            })?;
-        let model = set_require_grad_flags(model, flags);
+        let model = Self::load_model(path, model)?;
         let optim_path = path.join(OPTIM);
         let optim = optim
             .load(&optim_path)
