@@ -67,6 +67,7 @@ enum TrainCommand {
 }
 
 fn main() {
+    ovkd_backbone::ops::heap::retain_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     if let Err(err) = run(cli) {

@@ -37,6 +37,8 @@ enum Workload {
 }
 
 fn main() -> Result<()> {
+    // As `ovkd` itself does, so that the timings are the tool's.
+    ovkd_backbone::ops::heap::retain_freed_memory();
     let cli = Cli::parse();
     let (name, device) = device::parse(&cli.device)?;
     eprintln!("ovkd-speed: device {name}");

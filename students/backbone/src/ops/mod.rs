@@ -2,6 +2,7 @@
 //!
 //! - [`Conv2d`] / [`Conv2dConfig`]: drop-in for `burn::nn::conv::{Conv2d, Conv2dConfig}`.
 //! - [`conv2d`]: drop-in for `burn::tensor::module::conv2d`.
+//! - [`heap::retain_freed_memory`]: keep freed tensor buffers for reuse (call once at start).
 //!
 //! On burn-flex the forward and both gradients run im2col + GEMM kernels
 //! ([`conv2d_cpu`]); on LibTorch (feature `tch`) the backward is LibTorch's own convolution
@@ -11,6 +12,7 @@ mod conv2d;
 pub mod conv2d_cpu;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod extension;
+pub mod heap;
 mod kernels;
 // burn-tch is marked deprecated in Burn 0.22 (in favour of CubeCL backends), but it is the
 // backend that links LibTorch's cuDNN / oneDNN kernels, which is what `--device tch-*` is for.
