@@ -11,9 +11,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ovkd_teacher::cache::{CacheWriter, ShardSpec, merge};
 use ovkd_teacher::embed::Teacher;
 use ovkd_teacher::pretrain::{PretrainConfig, PretrainEvent, pretrain};
+use ovkd_teacher::pretrain_batch::{BatchConfig, Corpus};
 use ovkd_teacher::shapes::{image_path, load_rgb, read_coco};
+use ovkd_teacher::shapes::{read_captions, read_vocab};
 use ovkd_teacher::tokenizer::ClipTokenizer;
-use ovkd_teacher::zero_shot::{dense_eval, zero_shot_eval};
+use ovkd_teacher::zero_shot::{ZeroShotSet, dense_eval};
 use polars::prelude::{DataType, Float32Chunked, ParquetReader, SerReader};
 
 use super::Context;
@@ -108,6 +110,17 @@ struct EvalArgs {
     /// Prompt template.
     #[arg(long, default_value = "a photo of a {}.")]
     prompt: String,
+    /// Which objects: `val` (val/instances.json, the target), `train` (train/instances_full.json:
+    /// val-like scenes, novel objects too) or `pretrain` (the objects of the pre-training
+    /// corpus located by colour, cropped as in training: does the teacher fit its own data?).
+    #[arg(long, default_value = "val")]
+    on: String,
+    /// At most this many objects (evenly spaced); all by default.
+    #[arg(long)]
+    max_objects: Option<usize>,
+    /// Also print the confusion matrix (rows: true class, columns: predicted).
+    #[arg(long)]
+    confusion: bool,
     /// Also score MaskCLIP dense features on the first N val scenes (per-pixel argmax over
     /// "background" and the classes against the semantic masks).
     #[arg(long, value_name = "N")]
@@ -313,12 +326,33 @@ fn eval(ctx: &Context, a: EvalArgs) -> Result<()> {
     let (_, device) = ctx.device.resolve();
     let (teacher, _) = Teacher::load(&a.checkpoint, &device)
         .with_context(|| format!("loading {}", a.checkpoint.display()))?;
-    let r = zero_shot_eval(&teacher, &a.data, &a.prompt)
+    let size = teacher.preprocess.size;
+    let set = match a.on.as_str() {
+        "val" => ZeroShotSet::from_val(&a.data, size, a.max_objects),
+        "train" => ZeroShotSet::from_coco(
+            &a.data,
+            &a.data.join("train"),
+            "instances_full.json",
+            size,
+            a.max_objects,
+        ),
+        "pretrain" => {
+            let pairs = read_captions(&a.data.join("pretrain"))?;
+            let corpus = Corpus::load(&pairs, BatchConfig::default().colour_tolerance)?;
+            let vocab = read_vocab(&a.data.join("vocab.toml"))?;
+            ZeroShotSet::from_corpus(&corpus, vocab, size, a.max_objects)
+        }
+        other => anyhow::bail!("--on {other}: expected val, train or pretrain"),
+    }
+    .with_context(|| format!("reading the {} objects of {}", a.on, a.data.display()))?;
+    let r = set
+        .evaluate(&teacher, &a.prompt)
         .with_context(|| format!("zero-shot eval on {}", a.data.display()))?;
     println!(
-        "zero-shot top-1 on {} single-object crops of {}/val, prompt {:?}",
+        "zero-shot top-1 on {} single-object crops of {}/{}, prompt {:?}",
         r.crops,
         a.data.display(),
+        a.on,
         a.prompt
     );
     println!(
@@ -349,6 +383,25 @@ fn eval(ctx: &Context, a: EvalArgs) -> Result<()> {
         "",
         100.0 * r.novel
     );
+    if a.confusion {
+        let short: Vec<String> = r
+            .per_class
+            .iter()
+            .map(|c| c.0.chars().take(5).collect())
+            .collect();
+        println!("confusion (rows: true, columns: predicted)");
+        println!(
+            "{:<10} {}",
+            "",
+            short.iter().map(|s| format!("{s:>5}")).collect::<String>()
+        );
+        for (name, row) in short.iter().zip(&r.confusion) {
+            println!(
+                "{name:<10} {}",
+                row.iter().map(|n| format!("{n:>5}")).collect::<String>()
+            );
+        }
+    }
     let dense = match a.dense {
         Some(n) => {
             let d = dense_eval(&teacher, &a.data, &a.prompt, n, a.dense_size)

@@ -284,6 +284,16 @@ impl Corpus {
         &self.objects
     }
 
+    /// The classes of the located objects, sorted.
+    pub fn classes(&self) -> Vec<String> {
+        self.by_class.keys().cloned().collect()
+    }
+
+    /// Image `i` of the corpus (panics when out of range).
+    pub fn image(&self, i: usize) -> &RgbImage {
+        &self.images[i]
+    }
+
     /// Every text a batch can hold (captions, both orientations, and object texts), for
     /// building the vocabulary.
     pub fn all_texts(&self) -> Vec<String> {

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::embed::{Teacher, VILD_CONTEXT};
 use crate::error::{TeacherError, to_vec};
 use crate::preprocess::{PreprocessConfig, scale_box};
+use crate::pretrain_batch::Corpus;
 use crate::shapes::{CocoAnnotation, Vocabulary, image_path, load_rgb, read_coco, read_vocab};
 
 /// Zero-shot top-1 accuracy of single-object crops.
@@ -28,6 +29,8 @@ pub struct ZeroShotReport {
     pub novel: f64,
     /// Per class: (name, split, crops, accuracy).
     pub per_class: Vec<(String, String, usize, f64)>,
+    /// Confusion counts [K][K]: row = true class, column = predicted class (vocabulary order).
+    pub confusion: Vec<Vec<usize>>,
 }
 
 /// The annotated objects of a val split, each preprocessed as ViLD crops (1x and 1.5x about
@@ -64,9 +67,22 @@ impl ZeroShotSet {
         size: usize,
         max_objects: Option<usize>,
     ) -> Result<Self, TeacherError> {
+        Self::from_coco(data, &data.join("val"), "instances.json", size, max_objects)
+    }
+
+    /// As [`Self::from_val`] for any split directory and annotation file in it, e.g. `train`
+    /// with `instances_full.json` (every object, novel ones too): scenes like val's that the
+    /// teacher was not trained on either.
+    pub fn from_coco(
+        data: &Path,
+        split_dir: &Path,
+        annotations: &str,
+        size: usize,
+        max_objects: Option<usize>,
+    ) -> Result<Self, TeacherError> {
         let vocab = read_vocab(&data.join("vocab.toml"))?;
-        let split_dir: PathBuf = data.join("val");
-        let coco = read_coco(&split_dir.join("instances.json"))?;
+        let split_dir: PathBuf = split_dir.to_path_buf();
+        let coco = read_coco(&split_dir.join(annotations))?;
         let class_index = |cat: u64| vocab.classes.iter().position(|c| c.id == cat);
         let anns: Vec<&CocoAnnotation> = coco
             .annotations
@@ -101,6 +117,47 @@ impl ZeroShotSet {
                 crops.extend(pre.crop(&rgb, wide)?);
                 labels.push(class_index(a.category_id).unwrap_or(0));
             }
+        }
+        Ok(Self {
+            crops,
+            labels,
+            vocab,
+            size,
+        })
+    }
+
+    /// The objects of a pre-training corpus located by colour (what the teacher trains on),
+    /// as ViLD crops of their colour boxes, or an evenly spaced subset of at most
+    /// `max_objects`: whether the teacher fits its own training data. Objects of classes
+    /// outside `vocab` are skipped.
+    pub fn from_corpus(
+        corpus: &Corpus,
+        vocab: Vocabulary,
+        size: usize,
+        max_objects: Option<usize>,
+    ) -> Result<Self, TeacherError> {
+        let objs = corpus.objects();
+        let stride = match max_objects {
+            Some(m) if m > 0 && objs.len() > m => objs.len().div_ceil(m),
+            _ => 1,
+        };
+        let pre = PreprocessConfig::clip(size);
+        let mut crops = Vec::new();
+        let mut labels = Vec::new();
+        for o in objs.iter().step_by(stride) {
+            let Some(ci) = o
+                .object
+                .class
+                .as_ref()
+                .and_then(|c| vocab.classes.iter().position(|v| &v.name == c))
+            else {
+                continue;
+            };
+            let img = corpus.image(o.image);
+            crops.extend(pre.crop(img, o.bbox)?);
+            let wide = scale_box(o.bbox, VILD_CONTEXT, img.width(), img.height());
+            crops.extend(pre.crop(img, wide)?);
+            labels.push(ci);
         }
         Ok(Self {
             crops,
@@ -146,11 +203,13 @@ impl ZeroShotSet {
         let sims = to_vec(e.matmul(text.transpose()))?; // [N, K]
         let mut hits = vec![0usize; k];
         let mut counts = vec![0usize; k];
+        let mut confusion = vec![vec![0usize; k]; k];
         for (i, &ci) in self.labels.iter().enumerate() {
             let row = &sims[i * k..(i + 1) * k];
             let best = (0..k).fold(0, |b, j| if row[j] > row[b] { j } else { b });
             counts[ci] += 1;
             hits[ci] += usize::from(best == ci);
+            confusion[ci][best] += 1;
         }
         let classes = &self.vocab.classes;
         let acc = |f: &dyn Fn(usize) -> bool| {
@@ -180,6 +239,7 @@ impl ZeroShotSet {
                     )
                 })
                 .collect(),
+            confusion,
         })
     }
 }
