@@ -48,6 +48,9 @@ enum Command {
     Predict(cli::predict::PredictArgs),
     /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
     Eval(cli::eval::EvalCommand),
+    /// Export a trained student (`onnx`: its inference graph as an ONNX file).
+    #[command(subcommand)]
+    Export(cli::export::ExportCommand),
     /// Write an HTML (and Markdown) report of a run directory.
     Report(cli::report::ReportArgs),
     /// Run every stage of an experiment in one run directory (data, teacher, proposals,
@@ -90,6 +93,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(TrainCommand::Segmenter(args)) => cli::train_segmenter::run(&ctx, args),
         Command::Predict(args) => cli::predict::run(&ctx, args),
         Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
+        Command::Export(cmd) => cli::export::run(&ctx, cmd),
         Command::Report(a) => cli::report::run(&ctx, a),
         Command::Pipeline(a) => cli::pipeline::run(&ctx, a),
         Command::Sweep(a) => cli::sweep::run(&ctx, a),

@@ -2,6 +2,8 @@
 
 pub mod data;
 pub mod eval;
+pub mod export;
+pub mod export_onnx;
 pub mod info;
 pub mod pipeline;
 pub mod predict;

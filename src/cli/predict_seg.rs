@@ -62,7 +62,7 @@ fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
 
 /// `--classes`: one entry per comma, each a `|`-separated list of names (first the name,
 /// then synonyms); empty entries are skipped.
-fn parse_classes(arg: &str) -> Result<Vec<Vec<String>>> {
+pub fn parse_classes(arg: &str) -> Result<Vec<Vec<String>>> {
     let mut out = Vec::new();
     for (i, item) in arg.split(',').enumerate() {
         if item.trim().is_empty() {
