@@ -5,6 +5,7 @@
 //! The report only reads what the stages wrote; it never recomputes a number, so what it shows
 //! is what `eval/det.json` and `eval/seg.json` hold.
 
+use crate::pipeline::seg_vis::{LEGEND_FILE, LegendEntry};
 use anyhow::{Context as _, Result};
 use ovkd_eval::plots::{Series, plot_lines};
 use serde_json::Value;
@@ -31,6 +32,8 @@ enum Block {
         rows: Vec<Vec<String>>,
     },
     Images(Vec<(String, String)>),
+    /// Colour swatches: (name, note, rgb).
+    Legend(Vec<(String, String, [u8; 3])>),
     Code(String),
 }
 
@@ -219,6 +222,23 @@ fn seg_blocks(seg: &Value) -> Vec<Block> {
     ]
 }
 
+/// The colours of the classes painted in the segmentation drawings (`legend.json`).
+fn seg_legend(path: &Path) -> Result<Option<Block>> {
+    let Some(v) = read_json(path)? else {
+        return Ok(None);
+    };
+    let entries: Vec<LegendEntry> = serde_json::from_value(v)
+        .with_context(|| format!("{}: not a legend (id, name, split, rgb)", path.display()))?;
+    Ok((!entries.is_empty()).then(|| {
+        Block::Legend(
+            entries
+                .into_iter()
+                .map(|e| (e.name, e.split, e.rgb))
+                .collect(),
+        )
+    }))
+}
+
 /// Copies the PNGs of `src` (if it exists) into `out` under `prefix`, sorted by name.
 fn copy_pngs(src: &Path, out: &Path, prefix: &str, limit: usize) -> Result<Vec<(String, String)>> {
     let Ok(entries) = std::fs::read_dir(src) else {
@@ -309,6 +329,12 @@ pub fn write_report(run: &Path, out: &Path) -> Result<ReportFiles> {
         if !vis.is_empty() {
             images += vis.len();
             blocks.push(Block::Heading("Segmentations of val images".into()));
+            blocks.push(Block::Text(
+                "Each pair: the ground truth (left) and the student's prediction (right) \
+                 painted over the image; unpainted pixels are background or ignored."
+                    .into(),
+            ));
+            blocks.extend(seg_legend(&run.join("eval/seg_vis").join(LEGEND_FILE))?);
             blocks.push(Block::Images(vis));
         }
     }
@@ -370,6 +396,9 @@ table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding
 th{background:#f0f4f8}td:first-child,th:first-child{text-align:left}\
 .grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0;flex:1 1 320px;max-width:520px}\
 .grid img{width:100%;border:1px solid #ddd}figcaption{font-size:.85em;color:#555;text-align:center}\
+.legend{display:flex;flex-wrap:wrap;gap:.3em 1.2em;margin:.6em 0 1em}.legend span{white-space:nowrap}\
+.legend i{display:inline-block;width:1em;height:1em;margin-right:.35em;vertical-align:-.15em;border:1px solid #888}\
+.legend small{color:#777}\
 pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:.85em;border:1px solid #e1e4e8}\
 </style></head><body>\n",
     );
@@ -416,6 +445,19 @@ pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:.85em;border:1px soli
                 h.push_str("</div>\n");
             }
             Block::Images(_) => {}
+            Block::Legend(items) => {
+                h.push_str("<div class=\"legend\">");
+                for (name, note, [r, g, b]) in items {
+                    write!(
+                        h,
+                        "<span><i style=\"background:rgb({r},{g},{b})\"></i>{} <small>{}</small></span>",
+                        esc(name),
+                        esc(note)
+                    )
+                    .ok();
+                }
+                h.push_str("</div>\n");
+            }
             Block::Code(t) => {
                 writeln!(h, "<pre>{}</pre>", esc(t)).ok();
             }
@@ -452,6 +494,15 @@ fn render_markdown(blocks: &[Block]) -> String {
                 if !imgs.is_empty() {
                     m.push('\n');
                 }
+            }
+            Block::Legend(items) => {
+                let cells: Vec<String> = items
+                    .iter()
+                    .map(|(name, note, [r, g, b])| {
+                        format!("{name} ({note}): #{r:02x}{g:02x}{b:02x}")
+                    })
+                    .collect();
+                writeln!(m, "Colours: {}.\n", cells.join("; ")).ok();
             }
             Block::Code(t) => {
                 writeln!(m, "```toml\n{t}\n```\n").ok();
@@ -509,6 +560,51 @@ mod tests {
         assert!(out.join("detector_loss.png").is_file() && out.join("detector_lr.png").is_file());
         let md = std::fs::read_to_string(&files.markdown).unwrap();
         assert!(md.contains("| novel | 20.0 | 44.4 |"), "{md}");
+    }
+
+    #[test]
+    fn segmentation_drawings_form_a_grid_with_their_colour_legend() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        let vis = run.join("eval/seg_vis");
+        std::fs::create_dir_all(&vis).unwrap();
+        std::fs::write(run.join("eval/seg.json"), r#"{"mIoU":0.5}"#).unwrap();
+        for stem in ["2007_000033", "2007_000042"] {
+            image::RgbImage::new(8, 4)
+                .save(vis.join(format!("{stem}.png")))
+                .unwrap();
+        }
+        let legend = vec![LegendEntry {
+            id: 17,
+            name: "sheep".into(),
+            split: "unseen".into(),
+            rgb: [10, 200, 30],
+        }];
+        std::fs::write(vis.join(LEGEND_FILE), serde_json::to_vec(&legend).unwrap()).unwrap();
+        let files = write_report(run, &run.join("report")).unwrap();
+        assert_eq!(files.images, 2);
+        let html = std::fs::read_to_string(&files.html).unwrap();
+        let grid = html
+            .split("Segmentations of val images")
+            .nth(1)
+            .expect("a segmentation section");
+        assert!(
+            grid.contains("background:rgb(10,200,30)\"></i>sheep <small>unseen</small>"),
+            "{grid}"
+        );
+        assert!(
+            grid.contains("<div class=\"grid\">")
+                && grid.contains("<img src=\"segvis_2007_000033.png\"")
+                && grid.contains("<img src=\"segvis_2007_000042.png\""),
+            "{grid}"
+        );
+        assert!(run.join("report/segvis_2007_000042.png").is_file());
+        let md = std::fs::read_to_string(&files.markdown).unwrap();
+        assert!(md.contains("sheep (unseen): #0ac81e"), "{md}");
+        assert!(
+            md.contains("![2007 000033](segvis_2007_000033.png)"),
+            "{md}"
+        );
     }
 
     #[test]

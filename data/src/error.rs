@@ -40,6 +40,14 @@ pub enum Error {
     /// A setting or argument is invalid (an unknown preset, a malformed `key=value`, ...).
     #[error("{0}")]
     Config(String),
+    /// A file or folder that must exist does not.
+    #[error("{}: missing: {why}", path.display())]
+    Missing {
+        /// What should be there.
+        path: PathBuf,
+        /// What it is for.
+        why: String,
+    },
 }
 
 impl Error {

@@ -10,6 +10,8 @@
 //! - [`vocab`]: [`Vocabulary`] with its base/novel (seen/unseen) split, TOML files in
 //!   `configs/vocab/`.
 //! - [`ov_shapes`]: the OV-Shapes generator and its directory layout ([`ov_shapes::OvShapesDir`]).
+//! - [`dataset_dir`]: [`DatasetDir`], the folder every student reads: OV-Shapes, or COCO / LVIS /
+//!   VOC laid out the same way by the pipeline's data stage.
 //! - [`transforms`], [`loader`]: decoding, augmentation with boxes and masks kept consistent,
 //!   normalisation, padded Burn batches, a prefetching iterator.
 //! - [`show`], [`stats`]: drawings and counts for people to look at.
@@ -35,11 +37,12 @@
 //! DIR/pretrain/captions.jsonl         class, no boxes
 //! ```
 //!
-//! Open one with [`ov_shapes::OvShapesDir`]; batch it with
-//! [`loader::DetectionDataset::ov_shapes`] and [`loader::DataLoader`].
+//! Open one with [`DatasetDir`] (or [`ov_shapes::OvShapesDir`] for its meta and captions); batch
+//! it with [`loader::DetectionDataset::of_dir`] and [`loader::DataLoader`].
 
 pub mod boxes;
 pub mod coco;
+pub mod dataset_dir;
 pub mod error;
 pub mod io;
 pub mod loader;
@@ -53,5 +56,6 @@ pub mod validate;
 pub mod vocab;
 
 pub use boxes::Boxes;
+pub use dataset_dir::DatasetDir;
 pub use error::{Error, Problem, Record, Result};
 pub use vocab::{Split, VocabClass, Vocabulary};

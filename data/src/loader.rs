@@ -8,9 +8,9 @@
 
 use crate::boxes::Boxes;
 use crate::coco::CocoDataset;
+use crate::dataset_dir::DatasetDir;
 use crate::error::{Error, Problem, Record, Result};
 use crate::mask::BitMask;
-use crate::ov_shapes::OvShapesDir;
 use crate::semantic::{IGNORE_INDEX, SemanticMask, check_same_size};
 use crate::transforms::{AugmentConfig, Sample, normalise};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -104,13 +104,14 @@ impl DetectionDataset {
         ds
     }
 
-    /// The train or val split of an OV-Shapes directory, with instance and semantic masks.
-    pub fn ov_shapes(dir: &OvShapesDir, split: &str) -> Result<Self> {
-        Ok(
-            Self::open(dir.instances_path(split), dir.images_dir(split))?
-                .with_masks(true)
-                .with_semantic_dir(dir.semantic_dir(split), false),
-        )
+    /// The train or val split of a data-set folder, with instance masks, and semantic masks
+    /// where the folder has them.
+    pub fn of_dir(dir: &DatasetDir, split: &str) -> Result<Self> {
+        let ds = Self::open(dir.instances_path(split), dir.images_dir(split))?.with_masks(true);
+        Ok(match dir.require_semantic(split) {
+            Ok(sem) => ds.with_semantic_dir(sem, false),
+            Err(_) => ds,
+        })
     }
 
     fn set_classes(&mut self, ids: Vec<u64>) {
@@ -668,7 +669,7 @@ mod tests {
     use super::*;
     use crate::ov_shapes::{Preset, SynthConfig, generate};
 
-    fn shapes_dir(dir: &Path) -> OvShapesDir {
+    fn shapes_dir(dir: &Path) -> DatasetDir {
         let mut cfg = SynthConfig::preset(Preset::Quick);
         cfg.train_images = 7;
         cfg.val_images = 2;
@@ -676,14 +677,14 @@ mod tests {
         cfg.image_size = 64;
         cfg.seed = 5;
         generate(dir.join("d"), &cfg).unwrap();
-        OvShapesDir::open(dir.join("d")).unwrap()
+        DatasetDir::open(dir.join("d")).unwrap()
     }
 
     #[test]
     fn batches_are_padded_normalised_and_deterministic() {
         let tmp = tempfile::tempdir().unwrap();
         let d = shapes_dir(tmp.path());
-        let ds: Arc<dyn Dataset> = Arc::new(DetectionDataset::ov_shapes(&d, "train").unwrap());
+        let ds: Arc<dyn Dataset> = Arc::new(DetectionDataset::of_dir(&d, "train").unwrap());
         let cfg = LoaderConfig {
             batch_size: 3,
             shuffle: true,
@@ -776,7 +777,7 @@ mod tests {
     fn unaugmented_batch_matches_the_files() {
         let tmp = tempfile::tempdir().unwrap();
         let d = shapes_dir(tmp.path());
-        let ds = DetectionDataset::ov_shapes(&d, "val").unwrap();
+        let ds = DetectionDataset::of_dir(&d, "val").unwrap();
         let s = ds.get(0).unwrap();
         let coco = CocoDataset::read(d.instances_path("val")).unwrap();
         let anns: Vec<_> = coco

@@ -228,6 +228,26 @@ impl SemanticMask {
         Ok(out)
     }
 
+    /// 8-bit palette PNG bytes with PASCAL VOC's colour map, as VOC ships its
+    /// `SegmentationClass` files (the index is the label; 255, the ignore index, is cream).
+    pub fn encode_voc_png(&self) -> std::result::Result<Vec<u8>, String> {
+        if let Some(v) = self.data.iter().find(|&&v| v > 255) {
+            return Err(format!("label {v} does not fit an 8-bit PNG"));
+        }
+        let mut out = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
+            enc.set_color(png::ColorType::Indexed);
+            enc.set_depth(png::BitDepth::Eight);
+            enc.set_palette((0..=255u8).flat_map(voc_colour).collect::<Vec<u8>>());
+            let raw: Vec<u8> = self.data.iter().map(|&v| v as u8).collect();
+            let mut w = enc.write_header().map_err(|e| e.to_string())?;
+            w.write_image_data(&raw).map_err(|e| e.to_string())?;
+            w.finish().map_err(|e| e.to_string())?;
+        }
+        Ok(out)
+    }
+
     /// Writes a label PNG atomically, 8-bit when every label fits, else 16-bit.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         self.write_with_depth(path, self.min_depth())
@@ -241,6 +261,20 @@ impl SemanticMask {
             .map_err(|m| Error::invalid(Problem::new(path, Record::File, None, m)))?;
         io::write_atomic(path, &bytes)
     }
+}
+
+/// PASCAL VOC's colour of label `k` (the devkit's `labelcolormap`: the bits of `k` spread over
+/// the high bits of R, G and B).
+pub fn voc_colour(k: u8) -> [u8; 3] {
+    let mut rgb = [0u8; 3];
+    let mut c = k;
+    for shift in (0..8).rev() {
+        for (ch, out) in rgb.iter_mut().enumerate() {
+            *out |= ((c >> ch) & 1) << shift;
+        }
+        c >>= 3;
+    }
+    rgb
 }
 
 /// One label through `reduce_zero_label`: 0 -> 255, 255 -> 255, k -> k - 1 (mmsegmentation's
@@ -336,6 +370,22 @@ mod tests {
             SemanticMask::read(&p).unwrap().as_slice(),
             &[0, 1, 15, 255, 1]
         );
+    }
+
+    #[test]
+    fn voc_palette_pngs_have_the_devkit_colours_and_read_back_as_labels() {
+        // The devkit's colour map: background black, aeroplane (1) dark red, person (15)
+        // (192, 128, 128), the ignore index cream (224, 224, 192).
+        assert_eq!(voc_colour(0), [0, 0, 0]);
+        assert_eq!(voc_colour(1), [128, 0, 0]);
+        assert_eq!(voc_colour(15), [192, 128, 128]);
+        assert_eq!(voc_colour(255), [224, 224, 192]);
+        let m = SemanticMask::from_vec(3, 2, vec![0, 1, 15, 255, 20, 0]);
+        let bytes = m.encode_voc_png().unwrap();
+        let back = SemanticMask::decode_png(&bytes, Path::new("x.png")).unwrap();
+        assert_eq!(back, m);
+        let rgb = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        assert_eq!(rgb.get_pixel(2, 0).0, [192, 128, 128]);
     }
 
     #[test]

@@ -215,8 +215,8 @@ mod tests {
         cfg.seed = 11;
         let out = dir.path().join("d");
         crate::ov_shapes::generate(&out, &cfg).unwrap();
-        let d = crate::ov_shapes::OvShapesDir::open(&out).unwrap();
-        let ds = crate::loader::DetectionDataset::ov_shapes(&d, "val").unwrap();
+        let d = crate::DatasetDir::open(&out).unwrap();
+        let ds = crate::loader::DetectionDataset::of_dir(&d, "val").unwrap();
         use crate::loader::Dataset;
         let s = ds.get(2).unwrap();
         assert!(s.boxes.len() >= 2);

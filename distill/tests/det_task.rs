@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
+use ovkd_data::DatasetDir;
 use ovkd_data::coco::CocoDataset;
 use ovkd_data::loader::{DataLoader, DetectionDataset, LoaderConfig};
-use ovkd_data::ov_shapes::{OvShapesDir, Preset, SynthConfig, generate};
+use ovkd_data::ov_shapes::{Preset, SynthConfig, generate};
 use ovkd_data::transforms::AugmentConfig;
 use ovkd_detector::{Detector, DetectorConfig};
 use ovkd_distill::det::{DetDistillConfig, DetError, DetTask, DetTaskMode, RegionSource};
@@ -21,11 +22,11 @@ const D: usize = 16;
 /// burn-flex's seed is process-wide: one test at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn shapes(dir: &Path) -> OvShapesDir {
+fn shapes(dir: &Path) -> DatasetDir {
     shapes_n(dir, 6)
 }
 
-fn shapes_n(dir: &Path, train_images: usize) -> OvShapesDir {
+fn shapes_n(dir: &Path, train_images: usize) -> DatasetDir {
     let mut cfg = SynthConfig::preset(Preset::Quick);
     cfg.train_images = train_images;
     cfg.val_images = 2;
@@ -34,7 +35,7 @@ fn shapes_n(dir: &Path, train_images: usize) -> OvShapesDir {
     cfg.min_object_size = 0.2;
     cfg.seed = 3;
     generate(dir.join("d"), &cfg).unwrap();
-    OvShapesDir::open(dir.join("d")).unwrap()
+    DatasetDir::open(dir.join("d")).unwrap()
 }
 
 /// Every object of the full train annotations (novel ones too, as the cache would hold
@@ -93,7 +94,7 @@ fn train_config(steps: usize) -> TrainConfig {
     t
 }
 
-fn task(d: &OvShapesDir, mode: DetTaskMode, steps: usize, device: &Device) -> DetTask {
+fn task(d: &DatasetDir, mode: DetTaskMode, steps: usize, device: &Device) -> DetTask {
     let vocab = d.vocabulary().unwrap();
     let base: Vec<u64> = vocab.base().map(|c| c.id).collect();
     let ds = DetectionDataset::open(d.instances_path("train"), d.images_dir("train"))
@@ -121,7 +122,7 @@ fn task(d: &OvShapesDir, mode: DetTaskMode, steps: usize, device: &Device) -> De
         .map(|k| ((k * 7919) % 13) as f32 / 13.0 - 0.4)
         .collect();
     let text = Tensor::<2>::from_data(TensorData::new(text, [base.len(), D]), device);
-    let cache: Arc<dyn RegionSource> = Arc::new(FakeCache::new(&d.instances_full_path()));
+    let cache: Arc<dyn RegionSource> = Arc::new(FakeCache::new(&d.instances_full_path().unwrap()));
     DetTask::new(
         loader,
         Some(cache),
@@ -360,7 +361,7 @@ fn vild_overfits_two_images_and_finds_novel_objects_through_vild_image() {
     let steps = 120;
     let task = DetTask::new(
         loader,
-        Some(Arc::new(FakeCache::new(&d.instances_full_path()))),
+        Some(Arc::new(FakeCache::new(&d.instances_full_path().unwrap()))),
         DetDistillConfig {
             image_regions_per_image: 64,
             image_weight: 2.0,
@@ -416,7 +417,7 @@ fn vild_overfits_two_images_and_finds_novel_objects_through_vild_image() {
     // Detect every class (base and novel) on the two training images.
     let model = out.model.valid();
     let plain = Device::default();
-    let coco = CocoDataset::read(&d.instances_full_path()).unwrap();
+    let coco = CocoDataset::read(d.instances_full_path().unwrap()).unwrap();
     let mut images = coco.images.clone();
     images.sort_by_key(|i| i.id);
     let pixels: Vec<(Vec<f32>, [usize; 2])> = images

@@ -24,9 +24,9 @@ use anyhow::{Context as _, Result, bail};
 use burn::module::Module;
 use clap::Args;
 use image::RgbImage;
+use ovkd_data::DatasetDir;
 use ovkd_data::coco::CocoDataset;
 use ovkd_data::loader::load_rgb;
-use ovkd_data::ov_shapes::OvShapesDir;
 use ovkd_detector::{Detector, ImageBatch};
 use ovkd_distill::det::{DetTask, DetTaskMode, ImageProposals, ProposalSet, RecallStats, best_iou};
 use ovkd_distill::train::{LoopOptions, TrainConfig, train};
@@ -119,7 +119,7 @@ pub fn read_proposal_file(path: &Path) -> Result<ProposalSet> {
 #[allow(clippy::too_many_arguments)]
 pub fn propose_split(
     model: &Detector,
-    data: &OvShapesDir,
+    data: &DatasetDir,
     split: &str,
     top_k: usize,
     nms_thresh: f32,
@@ -225,7 +225,7 @@ pub fn run(ctx: &Context, args: ProposalsArgs) -> Result<()> {
     let paths = RunPaths::new(&cfg, &args.common.run);
     let out_dir = args.common.run.join("proposals");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let data = OvShapesDir::open(&paths.data)
+    let data = DatasetDir::open(&paths.data)
         .with_context(|| format!("opening the data set {}", paths.data.display()))?;
     let vocab = data.vocabulary()?;
     let all = ClassList::of(&vocab);
@@ -309,12 +309,9 @@ pub fn run(ctx: &Context, args: ProposalsArgs) -> Result<()> {
     set.truncate(p.top_k);
     let file = out_dir.join("proposals.parquet");
     set.write_parquet(&file)?;
-    let full = data.instances_full_path();
-    let gt = if full.exists() {
-        full
-    } else {
-        data.instances_path("train")
-    };
+    let gt = data
+        .instances_full_path()
+        .unwrap_or_else(|| data.instances_path("train"));
     let mut ks: Vec<usize> = [10, 50, 100].into_iter().filter(|&k| k < p.top_k).collect();
     ks.push(p.top_k);
     let recall = proposal_recall(&set, &gt, &all, &ks)?;

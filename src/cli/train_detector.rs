@@ -27,9 +27,9 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
 use image::{Rgb, RgbImage};
+use ovkd_data::DatasetDir;
 use ovkd_data::coco::{CocoDataset, CocoResult};
 use ovkd_data::loader::{DataLoader, DetectionDataset, LoaderConfig, load_rgb};
-use ovkd_data::ov_shapes::OvShapesDir;
 use ovkd_data::transforms::AugmentConfig;
 use ovkd_detector::{Detections, Detector, DetectorConfig, ImageBatch};
 use ovkd_distill::det::{
@@ -403,7 +403,7 @@ pub fn tensor2(v: &[f32], k: usize, d: usize, device: &Device) -> Tensor<2> {
 
 /// The training loader of a split: labels index `class_ids`, pixels in `[0, 1]`.
 pub fn train_loader(
-    data: &OvShapesDir,
+    data: &DatasetDir,
     class_ids: &[u64],
     train: &TrainConfig,
     section: &DataSection,
@@ -624,7 +624,7 @@ pub struct EvalOutcome {
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_val(
     model: &Detector,
-    data: &OvShapesDir,
+    data: &DatasetDir,
     classes: &ClassList,
     text_all: &[f32],
     dim: usize,
@@ -754,7 +754,7 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
     let paths = RunPaths::new(&cfg, &run);
     let det_dir = run.join("detector");
     std::fs::create_dir_all(&det_dir).with_context(|| format!("creating {}", det_dir.display()))?;
-    let data = OvShapesDir::open(&paths.data)
+    let data = DatasetDir::open(&paths.data)
         .with_context(|| format!("opening the data set {}", paths.data.display()))?;
     let vocab = data.vocabulary()?;
     let all = ClassList::of(&vocab);
@@ -881,7 +881,7 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn finish_eval(
     model: &Detector,
-    data: &OvShapesDir,
+    data: &DatasetDir,
     all: &ClassList,
     text_all: &[f32],
     dim: usize,

@@ -21,8 +21,8 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use ovkd_data::DatasetDir;
 use ovkd_data::loader::{LoaderConfig, SegmentationDataset};
-use ovkd_data::ov_shapes::OvShapesDir;
 use ovkd_data::semantic::SemanticMask;
 use ovkd_data::transforms::AugmentConfig;
 use ovkd_distill::seg::cache::{TeacherFeatures, dense_features};
@@ -57,8 +57,8 @@ pub struct TrainSegmenterArgs {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// An OV-Shapes-layout directory (`vocab.toml`, `{train,val}/{images,semantic}`); default
-    /// `RUN/data`.
+    /// A data-set folder with label maps (`vocab.toml`, `{train,val}/{images,semantic}`):
+    /// OV-Shapes, or VOC as the pipeline lays it out; default `RUN/data`.
     #[serde(default)]
     pub root: Option<PathBuf>,
     /// Training augmentation (resize, scale jitter, flip, normalisation).
@@ -243,9 +243,10 @@ fn rows(t: &Tensor<2>, rows: &[usize]) -> Tensor<2> {
 }
 
 /// Image and label paths of a split.
-fn split_pairs(dir: &OvShapesDir, split: &str) -> Result<Vec<(PathBuf, PathBuf)>> {
-    let ds = SegmentationDataset::from_dirs(dir.images_dir(split), dir.semantic_dir(split), false)
-        .with_context(|| format!("reading the {split} split of {}", dir.root.display()))?;
+fn split_pairs(dir: &DatasetDir, split: &str) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let ds =
+        SegmentationDataset::from_dirs(dir.images_dir(split), dir.require_semantic(split)?, false)
+            .with_context(|| format!("reading the {split} split of {}", dir.root.display()))?;
     if ds.pairs().is_empty() {
         bail!(
             "{}: no label maps in the {split} split",
@@ -312,7 +313,7 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
     let resolved = toml::to_string_pretty(&saved).context("serialising the config")?;
     ovkd_data::io::write_atomic(seg_dir.join("config.toml"), resolved.as_bytes())?;
 
-    let data = OvShapesDir::open(&data_root)
+    let data = DatasetDir::open(&data_root)
         .with_context(|| format!("opening the data set {}", data_root.display()))?;
     let vocab = data.vocabulary()?;
     let classes = class_list(&vocab);
@@ -587,7 +588,7 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
 fn evaluate(
     model: &Segmenter,
     cfg: &SegTrainConfig,
-    _data: &OvShapesDir,
+    _data: &DatasetDir,
     pairs: &[(PathBuf, PathBuf)],
     class_embeds: &Tensor<2>,
     values: &[u16],

@@ -9,15 +9,20 @@
 //! [detector]   # what `ovkd train detector --config` reads, minus data/teacher (filled in)
 //! [segmenter]  # what `ovkd train segmenter --config` reads, likewise
 //! [eval]       # drawing and plotting of the final evaluation
+//! [paths]      # named folders: coco = "/data/coco", used as root = "${paths.coco}"
 //! ```
 //!
 //! Relative paths in a config are relative to the working directory, like paths given as flags.
+//! `${paths.NAME}` in any string is replaced by `[paths] NAME` after every layer, preset and
+//! `--set` is applied, so one file (`configs/base/paths.toml`) or one `--set paths.coco=DIR`
+//! moves every experiment that uses it.
 
 use super::{
     Invalid, Layered, Validate,
     loader::{check_positive, check_range, lookup},
 };
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The whole experiment, as `ovkd pipeline` sees it.
@@ -39,6 +44,10 @@ pub struct Experiment {
     /// The final evaluation.
     #[serde(default)]
     pub eval: EvalSection,
+    /// Named folders (`coco = "/data/coco"`), referred to as `${paths.coco}` in any string of
+    /// the experiment; already substituted when the experiment is loaded.
+    #[serde(default)]
+    pub paths: BTreeMap<String, String>,
 }
 
 /// Where the data come from.
@@ -67,10 +76,13 @@ pub enum DataSource {
         vocab: PathBuf,
     },
     /// LVIS v1 as downloaded: `root/lvis_v1_{train,val}.json` with the COCO 2017 images in
-    /// `root/{train,val}2017/`; rare classes are novel.
+    /// `images/{train,val}2017/`; frequent and common classes are base, rare ones novel.
     Lvis {
-        /// The folder holding the LVIS JSON files and the image folders.
+        /// The folder holding the LVIS JSON files.
         root: PathBuf,
+        /// The COCO 2017 folder holding `train2017/` and `val2017/` (default: `root`).
+        #[serde(default)]
+        images: Option<PathBuf>,
     },
     /// PASCAL VOC 2012 as downloaded: `root/VOC2012/{JPEGImages,SegmentationClass,ImageSets}`.
     Voc {
@@ -174,12 +186,13 @@ impl Validate for Experiment {
     }
 }
 
-/// The built-in preset overlays (`--preset quick`): values applied over the config before any
-/// `--set`.
+/// The built-in preset overlays (`--preset quick`, `--preset smoke`): values applied over the
+/// config before any `--set`.
 pub fn preset_overlay(name: &str) -> anyhow::Result<&'static str> {
     match name {
         "quick" => Ok(include_str!("../../configs/presets/quick.toml")),
-        other => anyhow::bail!("unknown preset `{other}`; the presets are: quick"),
+        "smoke" => Ok(include_str!("../../configs/presets/smoke.toml")),
+        other => anyhow::bail!("unknown preset `{other}`; the presets are: quick, smoke"),
     }
 }
 
@@ -211,8 +224,59 @@ pub fn load(
     for student in STUDENTS {
         graft_student_config(&mut layered, student, path)?;
     }
+    expand_paths(&mut layered)?;
     let exp: Experiment = layered.deserialize()?;
     Ok((layered, exp))
+}
+
+/// Replaces `${paths.NAME}` in every string value outside `[paths]` by `paths.NAME`.
+fn expand_paths(layered: &mut Layered) -> anyhow::Result<()> {
+    const OPEN: &str = "${paths.";
+    let paths = layered
+        .table
+        .get("paths")
+        .cloned()
+        .unwrap_or_else(|| toml::Value::Table(Default::default()));
+    for key in super::loader::leaf_keys(&layered.table) {
+        if key.starts_with("paths.") {
+            continue;
+        }
+        let Some(toml::Value::String(text)) = lookup(&layered.table, &key) else {
+            continue;
+        };
+        if !text.contains(OPEN) {
+            continue;
+        }
+        let origin = layered.origin(&key);
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find(OPEN) {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + OPEN.len()..];
+            let Some(end) = after.find('}') else {
+                anyhow::bail!("{origin}: `{key}`: unclosed `${{paths.` in {text:?}");
+            };
+            let name = &after[..end];
+            match paths.get(name) {
+                Some(toml::Value::String(v)) => out.push_str(v),
+                Some(other) => anyhow::bail!(
+                    "{}: `paths.{name}`: expected a folder name, got a {}",
+                    layered.origin(&format!("paths.{name}")),
+                    other.type_str()
+                ),
+                None => anyhow::bail!(
+                    "{origin}: `{key}` uses ${{paths.{name}}}, but [paths] has no `{name}` \
+                     (set it in configs/base/paths.toml or with --set paths.{name}=DIR)"
+                ),
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        layered
+            .set(&key, toml::Value::String(out), origin)
+            .map_err(|m| anyhow::anyhow!("`{key}`: {m}"))?;
+    }
+    Ok(())
 }
 
 /// A preset shrinks what an experiment has: it adds no student section, and sizes only
@@ -292,12 +356,59 @@ mod tests {
     #[test]
     fn the_shipped_configs_parse() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
-        for name in ["ov-shapes.toml"] {
+        for name in [
+            "ov-shapes.toml",
+            "ov-coco-vild.toml",
+            "ov-coco-baron.toml",
+            "ov-lvis-vild.toml",
+            "voc-zs-lseg.toml",
+        ] {
             let (_, exp) =
                 load(&root.join(name), None, &[]).unwrap_or_else(|e| panic!("{name}: {e:#}"));
             assert!(!exp.name.is_empty());
-            let (_, quick) = load(&root.join(name), Some("quick"), &[]).unwrap();
-            assert_eq!(quick.name, exp.name);
+            for preset in ["quick", "smoke"] {
+                let (_, small) = load(&root.join(name), Some(preset), &[]).unwrap();
+                assert_eq!(small.name, exp.name);
+            }
+        }
+        // One place for the paths: every real-data experiment follows `paths.coco`.
+        let (_, exp) = load(
+            &root.join("ov-lvis-vild.toml"),
+            None,
+            &["paths.coco=/data/coco".into()],
+        )
+        .unwrap();
+        match exp.data {
+            DataSource::Lvis { root, images } => {
+                assert_eq!(root, PathBuf::from("datasets/lvis"));
+                assert_eq!(images, Some(PathBuf::from("/data/coco")));
+            }
+            other => panic!("{other:?}"),
+        }
+        let (_, exp) = load(&root.join("ov-coco-baron.toml"), None, &[]).unwrap();
+        assert!(matches!(exp.teacher, TeacherSource::Clip { checkpoint }
+            if checkpoint == PathBuf::from("checkpoints/clip-vit-base-patch32")));
+    }
+
+    #[test]
+    fn an_unknown_path_name_is_named_with_its_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "e.toml",
+            "name = \"e\"\n[paths]\ncoco = \"/c\"\n[data]\nsource = \"coco\"\nroot = \"${paths.coco}/x\"\nvocab = \"${paths.vocab}\"\n[teacher]\nsource = \"builtin\"\n[detector]\n",
+        );
+        let err = format!("{:#}", load(&p, None, &[]).unwrap_err());
+        assert!(
+            err.contains("e.toml:7") && err.contains("`data.vocab`") && err.contains("paths.vocab"),
+            "{err}"
+        );
+        let (_, exp) = load(&p, None, &["paths.vocab=v.toml".into()]).unwrap();
+        match exp.data {
+            DataSource::Coco { root, vocab } => {
+                assert_eq!((root, vocab), ("/c/x".into(), "v.toml".into()));
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -3,5 +3,6 @@
 
 pub mod real_data;
 pub mod runner;
+pub mod seg_vis;
 pub mod stages;
 pub mod sweep;

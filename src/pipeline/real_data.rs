@@ -15,6 +15,7 @@
 use crate::config::experiment::DataSource;
 use anyhow::{Context as _, Result, bail};
 use ovkd_data::coco::{CocoDataset, CocoImage};
+use ovkd_data::dataset_dir::{PREPARED_FILE, PreparedInfo, SplitCount};
 use ovkd_data::semantic::SemanticMask;
 use ovkd_data::vocab::Vocabulary;
 use std::collections::BTreeSet;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 /// Lays out a downloaded data set in `out` (replacing an earlier layout there).
 pub fn prepare(source: &DataSource, out: &Path) -> Result<()> {
+    check_layout(source)?;
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("clearing {}", out.display()))?;
     }
@@ -47,9 +49,9 @@ pub fn prepare(source: &DataSource, out: &Path) -> Result<()> {
                 counts.push((split, n));
             }
             vocab.save(out.join("vocab.toml"))?;
-            serde_json::json!({"source": "coco", "root": root, "splits": counts_json(&counts)})
+            info("coco", root, &counts)
         }
-        DataSource::Lvis { root } => {
+        DataSource::Lvis { root, images } => {
             let train = CocoDataset::read(root.join("lvis_v1_train.json"))?;
             let vocab = Vocabulary::from_lvis_categories(
                 "lvis-v1",
@@ -57,13 +59,13 @@ pub fn prepare(source: &DataSource, out: &Path) -> Result<()> {
                 &root.join("lvis_v1_train.json"),
             )?;
             // LVIS val images come from both COCO folders; the file name says which is which.
-            let dirs = [root.join("train2017"), root.join("val2017")];
+            let images = images.as_ref().unwrap_or(root);
+            let dirs = [images.join("train2017"), images.join("val2017")];
             let n_train = write_split(&train, &vocab, true, &dirs, out, "train")?;
             let val = CocoDataset::read(root.join("lvis_v1_val.json"))?;
             let n_val = write_split(&val, &vocab, false, &dirs, out, "val")?;
             vocab.save(out.join("vocab.toml"))?;
-            serde_json::json!({"source": "lvis", "root": root,
-                "splits": counts_json(&[("train", n_train), ("val", n_val)])})
+            info("lvis", root, &[("train", n_train), ("val", n_val)])
         }
         DataSource::Voc { root, vocab } => {
             let vocab = Vocabulary::load(vocab)?;
@@ -74,27 +76,84 @@ pub fn prepare(source: &DataSource, out: &Path) -> Result<()> {
                 counts.push((split, n));
             }
             vocab.save(out.join("vocab.toml"))?;
-            serde_json::json!({"source": "voc", "root": root, "splits": counts_json(&counts)})
+            info("voc", root, &counts)
         }
     };
-    ovkd_data::io::write_atomic(
-        out.join("dataset.json"),
-        &serde_json::to_vec_pretty(&summary)?,
-    )?;
+    // Written last: a folder with dataset.json is complete (DatasetDir::open looks for it).
+    ovkd_data::io::write_json_atomic(out.join(PREPARED_FILE), &summary, true)?;
     Ok(())
 }
 
-fn counts_json(counts: &[(&str, (usize, usize))]) -> serde_json::Value {
-    counts
-        .iter()
-        .map(|(s, (i, a))| {
+/// Names the first file or folder of the official layout that is not there, before anything
+/// is read or cleared.
+fn check_layout(source: &DataSource) -> Result<()> {
+    let (what, needed): (&str, Vec<(PathBuf, &str)>) = match source {
+        DataSource::OvShapes { .. } => return Ok(()),
+        DataSource::Coco { root, .. } => (
+            "COCO 2017",
+            [
+                "annotations/instances_train2017.json",
+                "annotations/instances_val2017.json",
+                "train2017",
+                "val2017",
+            ]
+            .map(|p| (root.join(p), "paths.coco"))
+            .into(),
+        ),
+        DataSource::Lvis { root, images } => {
+            let (images, key) = match images {
+                Some(i) => (i, "paths.coco"),
+                None => (root, "paths.lvis"),
+            };
             (
-                s.to_string(),
-                serde_json::json!({"images": i, "annotations": a}),
+                "LVIS v1 (with COCO 2017's images)",
+                vec![
+                    (root.join("lvis_v1_train.json"), "paths.lvis"),
+                    (root.join("lvis_v1_val.json"), "paths.lvis"),
+                    (images.join("train2017"), key),
+                    (images.join("val2017"), key),
+                ],
             )
-        })
-        .collect::<serde_json::Map<_, _>>()
-        .into()
+        }
+        DataSource::Voc { root, .. } => (
+            "PASCAL VOC 2012",
+            [
+                "VOC2012/JPEGImages",
+                "VOC2012/SegmentationClass",
+                "VOC2012/ImageSets/Segmentation/train.txt",
+                "VOC2012/ImageSets/Segmentation/val.txt",
+            ]
+            .map(|p| (root.join(p), "paths.voc"))
+            .into(),
+        ),
+    };
+    if let Some((p, key)) = needed.iter().find(|(p, _)| !p.exists()) {
+        bail!(
+            "{}: missing: {what} is read as its official download lays it out (set {key} in \
+             configs/base/paths.toml, or --set {key}=DIR)",
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+fn info(source: &str, root: &Path, counts: &[(&str, (usize, usize))]) -> PreparedInfo {
+    PreparedInfo {
+        source: source.into(),
+        root: std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf()),
+        splits: counts
+            .iter()
+            .map(|&(s, (images, annotations))| {
+                (
+                    s.to_string(),
+                    SplitCount {
+                        images,
+                        annotations,
+                    },
+                )
+            })
+            .collect(),
+    }
 }
 
 /// Writes one detection split: the vocabulary's categories, their annotations (base only for
@@ -382,7 +441,7 @@ mod tests {
         train.write(root.join("lvis_v1_train.json")).unwrap();
         val.write(root.join("lvis_v1_val.json")).unwrap();
         let out = dir.path().join("data");
-        prepare(&DataSource::Lvis { root }, &out).unwrap();
+        prepare(&DataSource::Lvis { root, images: None }, &out).unwrap();
         let t = CocoDataset::read(out.join("train/instances.json")).unwrap();
         assert_eq!(
             t.annotations

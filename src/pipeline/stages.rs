@@ -120,8 +120,8 @@ pub fn stages(ctx: &Context, layered: &Layered, exp: &Experiment) -> Result<Vec<
             .deserialize::<crate::cli::train_segmenter::SegTrainConfig>()?;
         out.extend(segmenter_stages(ctx, exp, section));
     }
-    if exp.detector.is_some() {
-        out.push(eval_stage(ctx));
+    if exp.detector.is_some() || exp.segmenter.is_some() {
+        out.push(eval_stage(ctx, exp));
     }
     out.push(report_stage(ctx));
     Ok(out)
@@ -223,11 +223,13 @@ fn teacher_stage(ctx: &Context, exp: &Experiment) -> CommandStage {
                 )
             }
             TeacherSource::Clip { checkpoint } => {
-                if !checkpoint.join("config.json").is_file() {
-                    bail!(
-                        "teacher.checkpoint {}: no config.json (expected a Hugging Face CLIP folder with config.json, model.safetensors, tokenizer.json)",
-                        checkpoint.display()
-                    );
+                for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+                    if !checkpoint.join(file).is_file() {
+                        bail!(
+                            "teacher.checkpoint {}: no {file} (expected a Hugging Face CLIP folder with config.json, model.safetensors, tokenizer.json)",
+                            checkpoint.display()
+                        );
+                    }
                 }
                 Ok(())
             }
@@ -308,15 +310,27 @@ fn segmenter_stages(ctx: &Context, exp: &Experiment, section: &toml::Table) -> V
 }
 
 /// Scores the detector's val detections with `ovkd eval det` (the same numbers the training
-/// command printed) and draws the PR curves and per-class AP bars for the report.
-fn eval_stage(ctx: &Context) -> CommandStage {
+/// command printed) and draws the PR curves and per-class AP bars for the report; paints the
+/// segmenter's predictions on a few val images ([`super::seg_vis`]).
+fn eval_stage(ctx: &Context, exp: &Experiment) -> CommandStage {
     let ctx = ctx.clone();
+    let (det, seg, draw) = (
+        exp.detector.is_some(),
+        exp.segmenter.is_some(),
+        exp.eval.draw,
+    );
     CommandStage {
         name: "eval",
-        upstream: &["train-detector"],
-        keys: &[],
-        outputs: vec!["eval/det_plots", "eval/det.md"],
+        upstream: &["train-detector", "train-segmenter"],
+        keys: &["eval"],
+        outputs: vec!["eval/det_plots", "eval/det.md", "eval/seg_vis"],
         work: Box::new(move |run, _| {
+            if seg {
+                super::seg_vis::draw_val(&ctx, run, &run.join("eval/seg_vis"), draw)?;
+            }
+            if !det {
+                return Ok(());
+            }
             let dets = run.join("eval/detections.json");
             if !dets.is_file() {
                 bail!("{}: missing (train-detector writes it)", dets.display());
