@@ -8,10 +8,11 @@
 #
 # then run it there with the device tool:
 #
-#   run(command="bash bench/speed-gpu.sh", carry=["target/speed-gpu"], timeout_s=420)
+#   run(command="bash bench/speed-gpu.sh", carry=["target/speed-gpu"], timeout_s=540)
 #
 # It prints the GPU, checks that `--device auto` resolves to tch-cuda:0, then writes
-# $OUT/speed-gpu.json (the same rows as bench/speed.sh --device tch-cuda:0) and prints the table.
+# $OUT/speed-gpu.json (the same rows as bench/speed.sh --device tch-cuda:0: smallnet 128/256/512 px,
+# detector tiny 128 px and R50-FPN 512/800 px batch 8, segmenter, teacher 1024 crops) and prints the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/speed-gpu/ovkd-speed
@@ -23,4 +24,4 @@ export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # `--device auto` must pick the GPU (the `ovkd` binary's own rule, compiled into ovkd-speed).
 "$bin" --device auto --steps 1 --warmup 0 smallnet --image 64 --batch 2 | grep -q '"device":"tch-cuda:0"' \
   && echo "auto -> tch-cuda:0" || { echo "auto did not resolve to tch-cuda:0" >&2; exit 1; }
-OVKD_SPEED_BIN="$bin" bench/speed.sh --device tch-cuda:0 --out "$out" --rounds 3 --steps 20 --warmup 5 "$@"
+OVKD_SPEED_BIN="$bin" bench/speed.sh --device tch-cuda:0 --out "$out" --rounds 2 --steps 10 --warmup 3 "$@"

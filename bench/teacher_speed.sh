@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# Region-embedding throughput (crops/s) of a ViT-B/32-sized CLIP with random weights:
-# ovkd on `cpu` (burn-flex) beside transformers' CLIPModel on the same crops, same run.
+# Region-embedding throughput (crops/s) of a ViT-B/32-sized CLIP with random weights: ovkd on
+# `cpu` (burn-flex) beside transformers' CLIPModel.get_image_features on the same crops, same
+# run. A thin wrapper: this is the `teacher_vitb32_regions` row of the speed suite
+# (`ovkd-speed teacher`, `bench/speed/reference.py teacher`), driven by bench/speed.sh.
 #
-#   bench/teacher_speed.sh [CROPS] [BATCH] [REPS]
+#   bench/teacher_speed.sh [--out FILE.json] [any other bench/speed.sh option]
 #
-# Needs Python with torch (CPU is enough), transformers and safetensors:
-#   python -m venv .venv && .venv/bin/pip install torch transformers safetensors
-# and PYTHON pointing at it (default: python3).
+# Needs the ovkd-speed binary (cargo build --release -p ovkd-speed) and $PYTHON (default
+# python3) with torch, torchvision, transformers and safetensors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CROPS=${1:-64}
-BATCH=${2:-32}
-REPS=${3:-2}
-PYTHON=${PYTHON:-python3}
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-cargo build --release -q -p ovkd-teacher --example region_speed
-echo "date: $(date -u +%Y-%m-%dT%H:%MZ); machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "command: bench/teacher_speed.sh $CROPS $BATCH $REPS"
-nice target/release/examples/region_speed --crops "$CROPS" --batch "$BATCH" --reps "$REPS" --dump "$TMP/crops.safetensors"
-nice "$PYTHON" bench/teacher_speed.py "$TMP/crops.safetensors" "$BATCH" "$REPS" "$(nproc)"
+out="" args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) out="$2"; shift 2 ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+tmp=""
+if [ -z "$out" ]; then
+  tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT; out="$tmp/teacher-speed.json"
+fi
+bench/speed.sh --device cpu --out "$out" --rows teacher_vitb32_regions "${args[@]}"

@@ -11,6 +11,7 @@ the table. Interleaving the two sides spreads the noise of a shared machine over
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -18,18 +19,48 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# name, workload args, batch (images per step), targets (ratio) per device kind.
-SMALLNET = [
-    ("smallnet_128px_bs8", ["smallnet", "--image", "128", "--batch", "8"], 8),
-    ("smallnet_256px_bs8", ["smallnet", "--image", "256", "--batch", "8"], 8),
-    ("smallnet_512px_bs32", ["smallnet", "--image", "512", "--batch", "32"], 32),
+# name, workload args, units per step, unit, heavy (fewer steps), devices ("cpu": cpu and
+# tch-cpu, "gpu": tch-cuda, "all").
+ROWS = [
+    ("smallnet_128px_bs8", ["smallnet", "--image", "128", "--batch", "8"], 8, "img/s", False, "all"),
+    ("smallnet_256px_bs8", ["smallnet", "--image", "256", "--batch", "8"], 8, "img/s", False, "all"),
+    ("smallnet_512px_bs32", ["smallnet", "--image", "512", "--batch", "32"], 32, "img/s", False, "gpu"),
+    # OV-Shapes' default: 128 px images, batch 8, 10 classes, the 64-d built-in teacher.
+    ("detector_tiny_128px_bs8", ["detector", "--preset", "tiny", "--image", "128", "--batch", "8",
+                                 "--boxes", "4", "--classes", "10", "--embed-dim", "64"],
+     8, "img/s", False, "all"),
+    # torchvision's weights=None builds trainable batch norm: ours the same (--norm batch).
+    ("detector_r50fpn_512px_bs2", ["detector", "--preset", "resnet50_fpn", "--image", "512",
+                                   "--batch", "2", "--boxes", "4", "--classes", "90",
+                                   "--embed-dim", "512", "--norm", "batch"],
+     2, "img/s", True, "cpu"),
+    ("detector_r50fpn_512px_bs8", ["detector", "--preset", "resnet50_fpn", "--image", "512",
+                                   "--batch", "8", "--boxes", "4", "--classes", "90",
+                                   "--embed-dim", "512", "--norm", "batch"],
+     8, "img/s", False, "gpu"),
+    ("detector_r50fpn_800px_bs8", ["detector", "--preset", "resnet50_fpn", "--image", "800",
+                                   "--batch", "8", "--boxes", "4", "--classes", "90",
+                                   "--embed-dim", "512", "--norm", "batch"],
+     8, "img/s", False, "gpu"),
+    # OV-Shapes' default segmenter batch (16) at 128 px.
+    ("segmenter_128px_bs16", ["segmenter", "--image", "128", "--batch", "16", "--classes", "10"],
+     16, "img/s", False, "all"),
+    # 64 crops (32 boxes x the 1x and 1.5x views), 32 per forward; the GPU row 1024 x 256.
+    ("teacher_vitb32_regions", ["teacher", "--crops", "64", "--batch", "32"], 64, "crops/s",
+     True, "cpu"),
+    ("teacher_vitb32_regions", ["teacher", "--crops", "1024", "--batch", "256"], 1024, "crops/s",
+     False, "gpu"),
 ]
 
-# Issue 8's targets: ratio to PyTorch on the same device.
+# Issue 8's targets: ratio to PyTorch on the same device (none for the detector, segmenter or
+# teacher on burn-flex).
 TARGETS = {
     ("cpu", "smallnet"): 0.5,
     ("tch-cpu", "smallnet"): 1.0,
     ("tch-cuda", "smallnet"): 0.9,
+    ("tch-cpu", "detector"): 0.8,
+    ("tch-cuda", "detector"): 0.8,
+    ("tch-cuda", "teacher"): 1.0,
 }
 
 
@@ -64,42 +95,52 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--heavy-steps", type=int, default=2,
+                   help="timed steps of the heavy rows (R50-FPN, teacher on CPU), warm-up 1")
     p.add_argument("--rows", default="", help="comma-separated row names (default: all for the device)")
     p.add_argument("--baseline", action="store_true",
                    help="also time ovkd with Burn's own convolution (rows *_burnconv)")
     args = p.parse_args()
 
     gpu = args.device.startswith("tch-cuda")
-    rows = [r for r in SMALLNET if gpu or "512px" not in r[0]]
+    rows = [r for r in ROWS if r[5] == "all" or r[5] == ("gpu" if gpu else "cpu")]
     if args.rows:
         wanted = set(args.rows.split(","))
         rows = [r for r in rows if r[0] in wanted]
 
     env = dict(os.environ)
-    common = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    scratch = tempfile.mkdtemp(prefix="ovkd-speed-")
     results = []
-    for name, workload, batch in rows:
+    for name, workload, per_step, unit, heavy, _ in rows:
+        steps, warmup = (args.heavy_steps, min(args.warmup, 1)) if heavy else (args.steps, args.warmup)
+        common = ["--steps", str(steps), "--warmup", str(warmup)]
+        # The teacher's reference encodes the very crops ovkd encoded.
+        crops = os.path.join(scratch, "crops.safetensors")
+        ours_extra, ref_extra = ([], [])
+        if workload[0] == "teacher":
+            ours_extra, ref_extra = ["--dump", crops], ["--crops-file", crops]
         variants = [("fast", name)]
-        if args.baseline:
+        if args.baseline and workload[0] == "smallnet":
             variants.append(("burn", name + "_burnconv"))
         for conv, row_name in variants:
+            conv_arg = ["--conv", conv] if workload[0] == "smallnet" else []
             ours = {"forward": [], "backward": [], "optim": [], "total": []}
             ref = {"forward": [], "backward": [], "optim": [], "total": []}
             for _ in range(args.rounds):
                 o = run_json([args.bin, "--device", args.device] + common + workload
-                             + ["--conv", conv], env)
+                             + conv_arg + ours_extra, env)
                 r = run_json([sys.executable, os.path.join(HERE, "reference.py"),
                               "--device", torch_device(args.device), "--threads",
-                              str(args.threads)] + common + workload, env)
+                              str(args.threads)] + common + workload + ref_extra, env)
                 for k in ours:
                     ours[k] += o["times_ms"][k]
                     ref[k] += r["times_ms"][k]
             ours_ms, ref_ms = median_phases(ours), median_phases(ref)
-            ours_v = batch * 1e3 / ours_ms["total"]
-            ref_v = batch * 1e3 / ref_ms["total"]
+            ours_v = per_step * 1e3 / ours_ms["total"]
+            ref_v = per_step * 1e3 / ref_ms["total"]
             results.append({
                 "name": row_name,
-                "unit": "img/s",
+                "unit": unit,
                 "ours": round(ours_v, 2),
                 "reference": round(ref_v, 2),
                 "ratio": round(ours_v / ref_v, 3),
@@ -108,7 +149,8 @@ def main():
                 "ours_ms": ours_ms,
                 "reference_ms": ref_ms,
             })
-            print(f"  {row_name}: ours {ours_ms} | reference {ref_ms}", file=sys.stderr)
+            print(f"  {row_name}: ours {ours_ms} | reference {ref_ms}", file=sys.stderr, flush=True)
+    shutil.rmtree(scratch, ignore_errors=True)
 
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)) or ".")
     with os.fdopen(fd, "w") as f:
@@ -116,8 +158,9 @@ def main():
         f.write("\n")
     os.replace(tmp, args.out)
 
-    print(f"device {args.device}, {args.threads} threads, {args.rounds} rounds x {args.steps} steps")
-    print(f"| name | unit | ours | reference | ratio | target | fwd/bwd/opt ms ours | ... reference |")
+    print(f"device {args.device}, {args.threads} threads, {args.rounds} rounds x {args.steps} steps "
+          f"({args.heavy_steps} for the heavy rows)")
+    print("| name | unit | ours | reference | ratio | target | fwd/bwd/opt ms ours | ... reference |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         t = r["target"]

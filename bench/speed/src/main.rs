@@ -5,8 +5,12 @@
 //! times in milliseconds of each phase (`forward`, `backward`, `optim`, `total`), warm-up
 //! excluded. The device is synchronised at each phase boundary, so GPU times are real.
 
+mod detector;
 mod device;
+mod segmenter;
 mod smallnet;
+mod synth;
+mod teacher;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -34,6 +38,13 @@ enum Workload {
     /// The small conv net: 8 convolutions 3→32→64→128→256, stride-2 stages, AdamW,
     /// cross-entropy; one training step.
     Smallnet(smallnet::Args),
+    /// The detector student (`--preset tiny` or `resnet50_fpn`): one training step with the
+    /// RPN, RoI-head and ViLD-text losses, AdamW.
+    Detector(detector::Args),
+    /// The segmenter student: one training step with LSeg's loss, AdamW.
+    Segmenter(segmenter::Args),
+    /// The teacher's image tower (ViT-B/32 size, random weights) on region crops: inference.
+    Teacher(teacher::Args),
 }
 
 fn main() -> Result<()> {
@@ -44,6 +55,9 @@ fn main() -> Result<()> {
     eprintln!("ovkd-speed: device {name}");
     let times = match cli.workload {
         Workload::Smallnet(args) => smallnet::run(&args, &device, cli.warmup, cli.steps)?,
+        Workload::Detector(args) => detector::run(&args, &device, cli.warmup, cli.steps)?,
+        Workload::Segmenter(args) => segmenter::run(&args, &device, cli.warmup, cli.steps)?,
+        Workload::Teacher(args) => teacher::run(&args, &device, cli.warmup, cli.steps)?,
     };
     let out = serde_json::json!({
         "device": name,
@@ -65,4 +79,16 @@ pub struct PhaseTimes {
     pub optim: Vec<f64>,
     /// The whole step.
     pub total: Vec<f64>,
+}
+
+impl PhaseTimes {
+    /// Records one step's phases (milliseconds) when `timed` (warm-up steps are not).
+    pub fn push(&mut self, timed: bool, forward: f64, backward: f64, optim: f64, total: f64) {
+        if timed {
+            self.forward.push(forward);
+            self.backward.push(backward);
+            self.optim.push(optim);
+            self.total.push(total);
+        }
+    }
 }

@@ -18,6 +18,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
 
 use crate::PhaseTimes;
+use crate::synth::ms;
 
 /// Options of the `smallnet` workload.
 #[derive(clap::Args, Debug)]
@@ -86,10 +87,6 @@ impl SmallNet {
     }
 }
 
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
-}
-
 /// Runs `warmup + steps` training steps; returns the timed ones.
 pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<PhaseTimes> {
     let fast = match args.conv.as_str() {
@@ -127,13 +124,7 @@ pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<
         let grads = GradientsParams::from_grads(grads, &model);
         model = optim.step(1e-3, model, grads);
         ad.sync()?;
-        let optim_ms = ms(t2);
-        if step >= warmup {
-            times.forward.push(forward);
-            times.backward.push(backward);
-            times.optim.push(optim_ms);
-            times.total.push(ms(t0));
-        }
+        times.push(step >= warmup, forward, backward, ms(t2), ms(t0));
     }
     Ok(times)
 }

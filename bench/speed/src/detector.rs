@@ -1,0 +1,117 @@
+//! The detector student's training step: backbone + FPN, RPN, RoI sampling, RoIAlign, the
+//! embedding box head, ViLD-text's cosine cross-entropy and the box losses, backward, AdamW.
+//! `reference.py detector` is torchvision's Faster R-CNN in the same configuration.
+//!
+//! Inputs are synthetic and identical on both sides: noise images, and `--boxes` boxes per image
+//! from [`crate::synth::unit`] (the same integer hash in `reference.py`), so that the RPN and
+//! RoI sampling see the same ground truth. The text embeddings the classifier scores against are
+//! random unit vectors (their values do not change the work).
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Distribution, Tensor};
+use ovkd_backbone::norm::NormKind;
+use ovkd_detector::{Boxes, DetectorConfig, ImageBatch, Targets};
+use rand::SeedableRng;
+
+use crate::PhaseTimes;
+use crate::synth::{ms, unit, unit_rows};
+
+/// Options of the `detector` workload.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// `tiny` (the OV-Shapes default) or `resnet50_fpn` (torchvision's layout).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Image side in pixels (square images, no resizing).
+    #[arg(long, default_value_t = 128)]
+    image: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Ground-truth boxes per image.
+    #[arg(long, default_value_t = 4)]
+    boxes: usize,
+    /// Classes (text embeddings) the classifier scores.
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// Embedding (teacher) dimension.
+    #[arg(long, default_value_t = 64)]
+    embed_dim: usize,
+    /// The ResNet's batch norm: `preset` (as the preset has it), `batch` (trainable, what
+    /// torchvision builds with `weights=None`) or `frozen`.
+    #[arg(long, default_value = "preset")]
+    norm: String,
+}
+
+/// `--boxes` boxes per image `i` of a `size`-pixel square image, in `[x1, y1, x2, y2]`: corner
+/// in the first 70 % of the side, sides 5-30 % of it; label `(i * boxes + j) % classes`.
+pub fn targets(i: usize, boxes: usize, classes: usize, size: usize) -> Targets {
+    let s = size as f32;
+    let mut b = Vec::with_capacity(boxes);
+    let mut labels = Vec::with_capacity(boxes);
+    for j in 0..boxes {
+        let u = |k: u64| unit(i as u64, j as u64, k) as f32;
+        let (x1, y1) = (u(0) * 0.7 * s, u(1) * 0.7 * s);
+        let (w, h) = ((0.05 + 0.25 * u(2)) * s, (0.05 + 0.25 * u(3)) * s);
+        b.push([x1, y1, x1 + w, y1 + h]);
+        labels.push((i * boxes + j) % classes);
+    }
+    Targets {
+        boxes: Boxes(b),
+        labels,
+    }
+}
+
+/// Runs `warmup + steps` training steps; returns the timed ones.
+pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<PhaseTimes> {
+    let mut cfg = match args.preset.as_str() {
+        "tiny" => DetectorConfig::tiny(args.embed_dim),
+        "resnet50_fpn" => DetectorConfig::resnet50_fpn(args.embed_dim),
+        other => bail!("--preset {other}: expected tiny or resnet50_fpn"),
+    };
+    match args.norm.as_str() {
+        "preset" => {}
+        "batch" => cfg.backbone.resnet.norm = NormKind::Batch,
+        "frozen" => cfg.backbone.resnet.norm = NormKind::Frozen,
+        other => bail!("--norm {other}: expected preset, batch or frozen"),
+    }
+    let ad = device.clone().autodiff();
+    ad.seed(0);
+    let mut model = cfg.init(&ad)?;
+    let mut optim = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(1e-2)
+        .init();
+    let s = args.image;
+    let images = Tensor::<4>::random([args.batch, 3, s, s], Distribution::Uniform(0.0, 1.0), &ad);
+    let batch = ImageBatch {
+        images,
+        sizes: vec![[s, s]; args.batch],
+    };
+    let targets: Vec<Targets> = (0..args.batch)
+        .map(|i| targets(i, args.boxes, args.classes, s))
+        .collect();
+    let text_embeds = unit_rows(args.classes, args.embed_dim, device);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut times = PhaseTimes::default();
+    for step in 0..warmup + steps {
+        let t0 = Instant::now();
+        let out = model.forward_train(&batch, &targets, text_embeds.clone(), None, &mut rng)?;
+        let loss = out.losses.total();
+        ad.sync()?;
+        let forward = ms(t0);
+        let t1 = Instant::now();
+        let grads = loss.backward();
+        ad.sync()?;
+        let backward = ms(t1);
+        let t2 = Instant::now();
+        let grads = GradientsParams::from_grads(grads, &model);
+        model = optim.step(1e-4, model, grads);
+        ad.sync()?;
+        times.push(step >= warmup, forward, backward, ms(t2), ms(t0));
+    }
+    Ok(times)
+}

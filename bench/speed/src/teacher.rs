@@ -1,0 +1,100 @@
+//! The teacher's image tower on region crops, inference only: a ViT-B/32-sized CLIP
+//! (transformers' `CLIPConfig` defaults: width 768, 12 layers, patch 32, 224 px, projection 512)
+//! with random weights. `reference.py teacher` runs transformers' `CLIPModel.get_image_features`
+//! on the very crops encoded here (`--dump` writes them as `pixel_values` in a safetensors file).
+//!
+//! The crops are ViLD's: the 1x and 1.5x views of random boxes on a noise image, cropped and
+//! preprocessed by the teacher's own code. One step encodes all of them in batches of
+//! `--batch`; `--end-to-end` times `region_embeds` instead (cropping, preprocessing, encoding
+//! and pairing from the image and boxes), which has no reference counterpart.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::Device;
+use ovkd_teacher::clip::{ClipConfig, ClipModel};
+use ovkd_teacher::embed::Teacher;
+use ovkd_teacher::tokenizer::{ClipTokenizer, build_word_level};
+use ovkd_teacher::weights::{HostTensor, WeightMap};
+use rand::{Rng, SeedableRng};
+
+use crate::PhaseTimes;
+use crate::synth::ms;
+
+/// Options of the `teacher` workload.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Crops per step (two per box: the 1x and 1.5x views).
+    #[arg(long, default_value_t = 64)]
+    crops: usize,
+    /// Crops per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Write the crops to this safetensors file (`pixel_values` `[N, 3, 224, 224]`).
+    #[arg(long)]
+    dump: Option<std::path::PathBuf>,
+    /// Time the whole `region_embeds` (image and boxes in) instead of the model alone.
+    #[arg(long)]
+    end_to_end: bool,
+}
+
+/// Runs `warmup + steps` passes over all crops; returns the timed ones (all in `forward`).
+pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<PhaseTimes> {
+    // transformers' CLIPConfig defaults are ViT-B/32.
+    let cfg: ClipConfig = serde_json::from_str("{}")?;
+    device.seed(0);
+    let model = ClipModel::random(&cfg, 0, device)?;
+    let dir = std::env::temp_dir().join(format!("ovkd-speed-teacher-{}", std::process::id()));
+    let tok_path = dir.join("tokenizer.json");
+    build_word_level(&["a photo".to_string()], &tok_path).context("tokenizer")?;
+    let tok = ClipTokenizer::from_file(&tok_path, cfg.text_config.max_position_embeddings)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut teacher = Teacher::new(model, tok, "random".into(), device);
+    teacher.max_batch = args.batch;
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let img = image::RgbImage::from_fn(640, 480, |_, _| {
+        image::Rgb([rng.random(), rng.random(), rng.random()])
+    });
+    let boxes: Vec<[f32; 4]> = (0..args.crops.div_ceil(2))
+        .map(|_| {
+            let x1 = rng.random_range(0.0..500.0f32);
+            let y1 = rng.random_range(0.0..380.0f32);
+            let (w, h) = (rng.random_range(20.0..140.0), rng.random_range(20.0..100.0));
+            [x1, y1, x1 + w, y1 + h]
+        })
+        .collect();
+    let px = teacher.region_crops(&img, &boxes)?;
+    let n = 2 * boxes.len();
+    if let Some(path) = &args.dump {
+        dump(path, &px, n, teacher.preprocess.size)?;
+    }
+    let mut times = PhaseTimes::default();
+    for step in 0..warmup + steps {
+        let t0 = Instant::now();
+        let emb = if args.end_to_end {
+            teacher.region_embeds(&img, &boxes)?
+        } else {
+            teacher.embed_pixels(&px, n)
+        };
+        // Reading the result back is the synchronisation point.
+        let _ = emb.into_data();
+        let t = ms(t0);
+        times.push(step >= warmup, t, 0.0, 0.0, t);
+    }
+    Ok(times)
+}
+
+fn dump(path: &Path, px: &[f32], n: usize, size: usize) -> Result<()> {
+    let mut m = WeightMap::new(path);
+    m.insert(
+        "pixel_values".into(),
+        HostTensor {
+            shape: vec![n, 3, size, size],
+            data: px.to_vec(),
+        },
+    );
+    m.save_safetensors(path)
+        .with_context(|| format!("writing {}", path.display()))
+}
