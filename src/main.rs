@@ -46,6 +46,9 @@ enum Command {
     Train(TrainCommand),
     /// Predict with a trained student for any class names: COCO results and drawings.
     Predict(cli::predict::PredictArgs),
+    /// Export a trained student: a self-contained bundle for `ovkd predict --bundle`.
+    #[command(subcommand)]
+    Export(cli::export::ExportCommand),
     /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
     Eval(cli::eval::EvalCommand),
     /// Write an HTML (and Markdown) report of a run directory.
@@ -88,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(TrainCommand::Detector(args)) => cli::train_detector::run(&ctx, args),
         Command::Train(TrainCommand::Segmenter(args)) => cli::train_segmenter::run(&ctx, args),
         Command::Predict(args) => cli::predict::run(&ctx, args),
+        Command::Export(cmd) => cli::export::run(&ctx, cmd),
         Command::Eval(cmd) => cli::eval::run(&ctx, cmd),
         Command::Report(a) => cli::report::run(&ctx, a),
         Command::Pipeline(a) => cli::pipeline::run(&ctx, a),

@@ -2,6 +2,7 @@
 
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod info;
 pub mod pipeline;
 pub mod predict;
