@@ -48,7 +48,8 @@ enum Command {
     Predict(cli::predict::PredictArgs),
     /// Score detections (box AP, COCO or LVIS rules) or segmentations (mIoU).
     Eval(cli::eval::EvalCommand),
-    /// Export a trained student (`onnx`: its inference graph as an ONNX file).
+    /// Export a trained student: `bundle` (self-contained, for `ovkd predict --bundle`) or `onnx`
+    /// (its inference graph as an ONNX file).
     #[command(subcommand)]
     Export(cli::export::ExportCommand),
     /// Write an HTML (and Markdown) report of a run directory.

@@ -348,6 +348,7 @@ pub fn write_report(run: &Path, out: &Path) -> Result<ReportFiles> {
             blocks.extend(b);
         }
     }
+    blocks.extend(export_blocks(run)?);
     if let Ok(cfg) = std::fs::read_to_string(run.join("config.toml")) {
         blocks.push(Block::Heading("Resolved config".into()));
         blocks.push(Block::Code(cfg));
@@ -366,6 +367,51 @@ pub fn write_report(run: &Path, out: &Path) -> Result<ReportFiles> {
         markdown,
         images,
     })
+}
+
+/// The bundles of `RUN/export/` (from their `bundle.json`) and the command that predicts
+/// with them.
+fn export_blocks(run: &Path) -> Result<Vec<Block>> {
+    let mut rows = Vec::new();
+    let mut commands = Vec::new();
+    for student in ["detector", "segmenter"] {
+        let dir = run.join("export").join(student);
+        let Some(m) = read_json(&dir.join("bundle.json"))? else {
+            continue;
+        };
+        let files = m["files"].as_object().map(|f| f.len()).unwrap_or(0);
+        let bytes: u64 = m["files"]
+            .as_object()
+            .map(|f| f.values().filter_map(|e| e["bytes"].as_u64()).sum())
+            .unwrap_or(0);
+        let task = m["task"].as_str().unwrap_or("?");
+        rows.push(vec![
+            student.to_string(),
+            format!("../export/{student}"),
+            (files + 1).to_string(),
+            format!("{:.1}", bytes as f64 / 1e6),
+        ]);
+        commands.push(format!(
+            "ovkd predict --task {task} --bundle {} --classes \"name,another name\" --out OUT IMAGES...",
+            dir.display()
+        ));
+    }
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![
+        Block::Heading("Export bundles".into()),
+        Block::Table {
+            head: vec![
+                "student".into(),
+                "bundle".into(),
+                "files".into(),
+                "MB".into(),
+            ],
+            rows,
+        },
+        Block::Code(commands.join("\n")),
+    ])
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>> {

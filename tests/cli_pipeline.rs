@@ -1,6 +1,8 @@
 //! `ovkd pipeline` and `ovkd sweep` end to end on a tiny OV-Shapes experiment: stages skip when
 //! unchanged and rerun downstream of a change, a run killed during training finishes with the
-//! same numbers as one that was not, and a sweep records its failing run and goes on.
+//! same numbers as one that was not, and a sweep records its failing run and goes on. The
+//! export stage's bundles, moved away with the run, its teacher and its data deleted, predict
+//! exactly what `ovkd predict --checkpoint` did on the run; a corrupt or missing file is named.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -116,6 +118,7 @@ fn pipeline_skips_reruns_downstream_and_a_killed_run_ends_with_the_same_numbers(
         "proposals",
         "train-detector",
         "eval",
+        "export",
         "report",
     ];
     let out = ok(&["pipeline", "--config", s(&cfg), "--run", s(&a)]);
@@ -140,7 +143,11 @@ fn pipeline_skips_reruns_downstream_and_a_killed_run_ends_with_the_same_numbers(
         "--set",
         "detector.train.steps=6",
     ]);
-    assert_eq!(ran(&out), ["train-detector", "eval", "report"], "{out}");
+    assert_eq!(
+        ran(&out),
+        ["train-detector", "eval", "export", "report"],
+        "{out}"
+    );
 
     // Killed during training, then started again: the same numbers as the uninterrupted run.
     let b = tmp.path().join("b");
@@ -178,7 +185,11 @@ fn pipeline_skips_reruns_downstream_and_a_killed_run_ends_with_the_same_numbers(
     );
     assert!(!b.join(".stages/train-detector.json").exists());
     let out = ok(&["pipeline", "--config", s(&cfg), "--run", s(&b)]);
-    assert_eq!(ran(&out), ["train-detector", "eval", "report"], "{out}");
+    assert_eq!(
+        ran(&out),
+        ["train-detector", "eval", "export", "report"],
+        "{out}"
+    );
     assert_eq!(stats(&b), first);
 }
 
@@ -261,4 +272,204 @@ fn a_sweep_records_its_failing_run_goes_on_and_skips_finished_runs_on_restart() 
         "{again}"
     );
     assert!(again.contains("lr=-1.0: FAILED"), "{again}");
+}
+
+/// [`EXPERIMENT`] with a segmenter too (two steps of the quick segmenter config).
+fn experiment_with_segmenter(dir: &Path) -> PathBuf {
+    let seg = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/segmenter/ov_shapes_quick.toml");
+    let p = dir.join("tiny.toml");
+    let text = format!(
+        "{EXPERIMENT}\n[segmenter]\nconfig = {:?}\n\n[segmenter.train]\nsteps = 2\nbatch_size = 2\ncheckpoint_every = 2\n\n[segmenter.distill.self_train]\nafter_step = 1\n",
+        seg.display().to_string()
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn fails(args: &[&str]) -> String {
+    let (success, text) = ovkd(args);
+    assert!(!success, "ovkd {args:?} should have failed:\n{text}");
+    text
+}
+
+/// Every file of a folder, by name, with its bytes.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `ovkd predict` of `task` with `source` (`--checkpoint X` or `--bundle X`) into `out`.
+fn predict(task: &str, source: [&str; 2], classes: &str, images: &[PathBuf], out: &Path) {
+    let mut args = vec![
+        "predict",
+        "--task",
+        task,
+        source[0],
+        source[1],
+        "--classes",
+        classes,
+        "--out",
+        s(out),
+    ];
+    if task == "det" {
+        args.extend(["--score-thresh", "0.0"]);
+    }
+    args.extend(images.iter().map(|p| s(p)));
+    ok(&args);
+}
+
+#[test]
+fn bundles_predict_as_their_run_did_with_nothing_else_on_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = experiment_with_segmenter(tmp.path());
+    let run = tmp.path().join("run");
+    let out = ok(&["pipeline", "--config", s(&cfg), "--run", s(&run)]);
+    let stages = ran(&out);
+    assert_eq!(
+        stages[stages.len() - 2..],
+        ["export".to_string(), "report".to_string()],
+        "{out}"
+    );
+    for student in ["detector", "segmenter"] {
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(run.join("export").join(student).join("bundle.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["format"], "ovkd-bundle");
+        assert!(
+            m["files"]["text/model.safetensors"]["sha256"].is_string(),
+            "{m}"
+        );
+    }
+    let report = std::fs::read_to_string(run.join("report/index.md")).unwrap();
+    assert!(report.contains("../export/detector"), "{report}");
+
+    // Nothing changed: the export stage (like every other) is skipped.
+    let again = ok(&["pipeline", "--config", s(&cfg), "--run", s(&run)]);
+    assert!(ran(&again).is_empty(), "{again}");
+
+    // The images live outside the run, which is about to go.
+    let images_dir = tmp.path().join("images");
+    std::fs::create_dir_all(&images_dir).unwrap();
+    let mut images = Vec::new();
+    for e in std::fs::read_dir(run.join("data/val/images")).unwrap() {
+        let p = e.unwrap().path();
+        let to = images_dir.join(p.file_name().unwrap());
+        std::fs::copy(&p, &to).unwrap();
+        images.push(to);
+    }
+    images.sort();
+    let vocab: toml::Table =
+        toml::from_str(&std::fs::read_to_string(run.join("data/vocab.toml")).unwrap()).unwrap();
+    let name = |split: &str| {
+        vocab["class"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["split"].as_str() == Some(split))
+            .unwrap()["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // One base name, one novel, one the vocabulary does not have.
+    let classes = format!("{},{},purple blob", name("base"), name("novel"));
+    let by_run = tmp.path().join("by_run");
+    for task in ["det", "seg"] {
+        predict(
+            task,
+            ["--checkpoint", s(&run)],
+            &classes,
+            &images,
+            &by_run.join(task),
+        );
+    }
+
+    // Move the bundles away and delete the run with its teacher and data.
+    let bundles = tmp.path().join("bundles");
+    std::fs::rename(run.join("export"), &bundles).unwrap();
+    std::fs::remove_dir_all(&run).unwrap();
+    let by_bundle = tmp.path().join("by_bundle");
+    for (task, student) in [("det", "detector"), ("seg", "segmenter")] {
+        predict(
+            task,
+            ["--bundle", s(&bundles.join(student))],
+            &classes,
+            &images,
+            &by_bundle.join(task),
+        );
+    }
+    let det_run = files(&by_run.join("det"));
+    assert_eq!(det_run, files(&by_bundle.join("det")));
+    let dets: Vec<serde_json::Value> = serde_json::from_slice(
+        &det_run
+            .iter()
+            .find(|(n, _)| n == "detections.json")
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    assert!(!dets.is_empty(), "a threshold of 0 keeps detections");
+    assert!(
+        dets.iter().any(|d| d["category_id"] == 3),
+        "the name outside the vocabulary is scored too"
+    );
+    let seg_run = files(&by_run.join("seg"));
+    assert!(seg_run.iter().filter(|(n, _)| n.ends_with(".png")).count() >= 2 * images.len());
+    assert_eq!(seg_run, files(&by_bundle.join("seg")));
+
+    // The wrong task, a changed byte, a missing file: each error names what is wrong.
+    let det = bundles.join("detector");
+    let x = tmp.path().join("x");
+    let text = fails(&[
+        "predict",
+        "--task",
+        "seg",
+        "--bundle",
+        s(&det),
+        "--classes",
+        "star",
+        "--out",
+        s(&x),
+        s(&images[0]),
+    ]);
+    assert!(text.contains("a det bundle, but --task seg"), "{text}");
+    let weights = det.join("student.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, &bytes).unwrap();
+    let args = [
+        "predict",
+        "--bundle",
+        s(&det),
+        "--classes",
+        "star",
+        "--out",
+        s(&x),
+        s(&images[0]),
+    ];
+    let text = fails(&args);
+    assert!(
+        text.contains("student.safetensors") && text.contains("corrupt"),
+        "{text}"
+    );
+    bytes[last] ^= 1;
+    std::fs::write(&weights, &bytes).unwrap();
+    std::fs::remove_file(det.join("text/tokenizer.json")).unwrap();
+    let text = fails(&args);
+    assert!(
+        text.contains("text/tokenizer.json") && text.contains("missing"),
+        "{text}"
+    );
 }

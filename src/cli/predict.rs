@@ -2,7 +2,9 @@
 //! segmenter's label maps, is in [`super::predict_seg`]).
 //!
 //! The names are embedded by the teacher's text tower (the run's prompt templates) at
-//! inference time, so the student detects whatever it is asked for. The output folder gets
+//! inference time, so the student detects whatever it is asked for. The student and the text
+//! tower come from a run (`--checkpoint`) or from a bundle of `ovkd export bundle` (`--bundle`),
+//! which gives the same outputs with nothing else on disk. The output folder gets
 //!
 //! ```text
 //! OUT/detections.json   COCO results: image_id = position of the image among IMAGES (from 1),
@@ -13,18 +15,23 @@
 //! OUT/NAME_det.png      each image with its boxes drawn (3x)
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
+use burn::tensor::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use image::{Rgb, RgbImage};
 use ovkd_data::coco::CocoResult;
 use ovkd_data::loader::load_rgb;
-use ovkd_distill::det::ScoreSource;
+use ovkd_detector::{Detector, DetectorConfig};
+use ovkd_distill::bundle::{Bundle, BundleTask, STUDENT_CONFIG, VOCAB};
+use ovkd_distill::det::{InferenceConfig, ScoreSource};
+use ovkd_teacher::embed::TextTeacher;
 use serde::Serialize;
 
 use super::Context;
+use super::export::DetSettings;
 use super::train_detector::{
     checkpoint_dir, config_of_checkpoint, detect_images, draw_detections, load_detector,
     load_teacher, tensor2, text_embeds, write_png,
@@ -49,9 +56,14 @@ pub struct PredictArgs {
     /// Comma-separated class names, e.g. "star,heart,ring".
     #[arg(long)]
     pub classes: String,
-    /// A checkpoint folder (`ckpt-NNNNNN/`) or a run directory (its newest detector checkpoint).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    /// A checkpoint folder (`ckpt-NNNNNN/`) or a run directory (its newest checkpoint of the
+    /// task's student).
+    #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+    pub checkpoint: Option<PathBuf>,
+    /// A bundle written by `ovkd export bundle`, instead of --checkpoint: nothing else (run,
+    /// teacher, data) is read.
+    #[arg(long, conflicts_with = "teacher")]
+    pub bundle: Option<PathBuf>,
     /// The teacher whose text tower embeds the names (default: the one the run trained with).
     #[arg(long)]
     pub teacher: Option<PathBuf>,
@@ -113,21 +125,97 @@ pub fn run(ctx: &Context, args: PredictArgs) -> Result<()> {
     }
 }
 
-fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
-    let t0 = Instant::now();
-    if args.window.is_some() || args.stride.is_some() {
-        bail!("--window and --stride are for --task seg");
+/// What detecting needs, from a run's checkpoint or from a bundle.
+struct DetSource {
+    model: Detector,
+    inference: InferenceConfig,
+    /// Default `--size`.
+    size: Option<usize>,
+    /// The names the detector was trained on (lowercase, synonyms included).
+    trained: Vec<String>,
+    /// The names' text embeddings, row-major [K, D].
+    text: Vec<f32>,
+    dim: usize,
+}
+
+/// The names of the base classes of a vocabulary, lowercase, synonyms included: a predicted
+/// name among them is `base` (the ensemble weights it so).
+fn base_names(vocab: &ovkd_data::Vocabulary) -> Vec<String> {
+    vocab
+        .base()
+        .flat_map(|c| c.all_names().map(str::to_lowercase).collect::<Vec<_>>())
+        .collect()
+}
+
+/// Opens and verifies a bundle of `task`, and loads its text half on `device`.
+pub fn open_bundle(
+    path: &Path,
+    task: BundleTask,
+    device: &Device,
+) -> Result<(Bundle, TextTeacher)> {
+    let bundle = Bundle::open(path)?;
+    if bundle.manifest.task != task {
+        bail!(
+            "{}: a {} bundle, but --task {}",
+            path.display(),
+            bundle.manifest.task.name(),
+            task.name()
+        );
     }
-    let names: Vec<String> = args
-        .classes
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    if names.is_empty() {
-        bail!("--classes: give at least one class name");
+    let (text, unused) = TextTeacher::load(&bundle.text_dir(), device)
+        .with_context(|| format!("loading the text tower of {}", path.display()))?;
+    if !unused.is_empty() {
+        bail!(
+            "{}: tensors the text tower does not use: {unused:?}",
+            bundle.text_dir().display()
+        );
     }
-    let ckpt = checkpoint_dir(&args.checkpoint, "detector")?;
+    if text.dim() != bundle.manifest.embed_dim {
+        bail!(
+            "{}: the text tower embeds into D = {}, the manifest says {}",
+            bundle.text_dir().display(),
+            text.dim(),
+            bundle.manifest.embed_dim
+        );
+    }
+    Ok((bundle, text))
+}
+
+/// The class names' embeddings by a text half, host [K * D].
+pub fn host_embeds(t: Tensor<2>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow!("reading text embeddings: {e:?}"))
+}
+
+fn det_from_bundle(path: &Path, names: &[String], device: &Device) -> Result<DetSource> {
+    let (bundle, teacher) = open_bundle(path, BundleTask::Det, &Device::flex())?;
+    let settings: DetSettings = bundle.inference()?;
+    let det_cfg: DetectorConfig = bundle.read_json(STUDENT_CONFIG)?;
+    let vocab = ovkd_data::Vocabulary::load(bundle.file(VOCAB))?;
+    let per_class: Vec<Vec<String>> = names.iter().map(|n| vec![n.clone()]).collect();
+    let text = teacher
+        .class_embeds(&per_class, &bundle.manifest.templates)
+        .context("embedding the class names with the bundle's text tower")?;
+    let dim = teacher.dim();
+    let model = bundle.load_student(det_cfg.init(device)?)?;
+    Ok(DetSource {
+        model,
+        inference: settings.inference,
+        size: settings.size,
+        trained: base_names(&vocab),
+        text: host_embeds(text)?,
+        dim,
+    })
+}
+
+fn det_from_checkpoint(args: &PredictArgs, names: &[String], device: &Device) -> Result<DetSource> {
+    let checkpoint = args
+        .checkpoint
+        .as_ref()
+        .context("give --checkpoint or --bundle")?;
+    let ckpt = checkpoint_dir(checkpoint, "detector")?;
     let (cfg, det_cfg) = config_of_checkpoint(&ckpt)?;
     let teacher_path = match (&args.teacher, &cfg.teacher.path) {
         (Some(t), _) | (None, Some(t)) => t.clone(),
@@ -137,19 +225,10 @@ fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
     // vocabulary, by name or synonym).
     let trained: Vec<String> = match &cfg.data.root {
         Some(root) => ovkd_data::Vocabulary::load(root.join("vocab.toml"))
-            .map(|v| {
-                v.base()
-                    .flat_map(|c| c.all_names().map(str::to_lowercase).collect::<Vec<_>>())
-                    .collect()
-            })
+            .map(|v| base_names(&v))
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let novel: Vec<bool> = names
-        .iter()
-        .map(|n| !trained.contains(&n.to_lowercase()))
-        .collect();
-
     let teacher = load_teacher(&teacher_path)?;
     let per_class: Vec<Vec<String>> = names.iter().map(|n| vec![n.clone()]).collect();
     // The run's own text cache (RUN/cache/text beside RUN/detector/ckpt-*).
@@ -167,10 +246,47 @@ fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
             det_cfg.box_head.embed_dim
         );
     }
+    Ok(DetSource {
+        model: load_detector(&ckpt, &det_cfg, device)?,
+        inference: cfg.eval.inference.clone(),
+        size: None,
+        trained,
+        text,
+        dim,
+    })
+}
 
+fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
+    let t0 = Instant::now();
+    if args.window.is_some() || args.stride.is_some() {
+        bail!("--window and --stride are for --task seg");
+    }
+    let names: Vec<String> = args
+        .classes
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if names.is_empty() {
+        bail!("--classes: give at least one class name");
+    }
     let (_, device) = ctx.device.resolve();
-    let model = load_detector(&ckpt, &det_cfg, &device)?;
-    let mut inference = cfg.eval.inference.clone();
+    let DetSource {
+        model,
+        mut inference,
+        size,
+        trained,
+        text,
+        dim,
+    } = match &args.bundle {
+        Some(b) => det_from_bundle(b, &names, &device)?,
+        None => det_from_checkpoint(&args, &names, &device)?,
+    };
+    let size = args.size.or(size);
+    let novel: Vec<bool> = names
+        .iter()
+        .map(|n| !trained.contains(&n.to_lowercase()))
+        .collect();
     if let Some(s) = args.scores {
         inference.scores = match s {
             Scores::Text => ScoreSource::Text,
@@ -199,7 +315,7 @@ fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
             &text,
             &novel,
             &inference,
-            args.size,
+            size,
             &device,
         )?
         .pop()

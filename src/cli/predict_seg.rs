@@ -1,7 +1,8 @@
 //! `ovkd predict --task seg`: label maps and colour overlays for any list of class names.
 //!
-//! The names are embedded by the teacher's text tower at inference time, so the student
-//! segments whatever it is asked for. For each image `NAME.ext` the output folder gets
+//! The names are embedded by the teacher's text tower at inference time (the run's teacher, or
+//! the text tower of an export bundle with `--bundle`), so the student segments whatever it is
+//! asked for. For each image `NAME.ext` the output folder gets
 //! `NAME.png` (8-bit labels: 0 background, k the k-th name of `--classes`) and
 //! `NAME_overlay.png` (the image with each class painted in its colour), plus `classes.json`.
 
@@ -16,8 +17,12 @@ use ovkd_distill::seg::evaluate::{LabelMap, student_label_maps};
 use ovkd_segmenter::InferenceMode;
 use ovkd_teacher::embed::Teacher;
 
+use ovkd_distill::bundle::{BundleTask, STUDENT_CONFIG};
+use ovkd_segmenter::SegmenterConfig;
+
 use super::Context;
-use super::predict::PredictArgs;
+use super::export::SegSettings;
+use super::predict::{PredictArgs, open_bundle};
 use super::train_segmenter::{checkpoint_dir, config_of_checkpoint, load_segmenter};
 
 /// A distinct colour per label (0, the background, is never painted).
@@ -103,29 +108,48 @@ pub fn run_seg(ctx: &Context, args: &PredictArgs) -> Result<()> {
         (None, Some(_)) => bail!("--stride needs --window"),
     };
     mode.validate()?;
-    let ckpt = checkpoint_dir(&args.checkpoint)?;
-    let cfg = config_of_checkpoint(&ckpt)?;
     let (_, device) = ctx.device.resolve();
-    let teacher_dir = args
-        .teacher
-        .clone()
-        .or(cfg.teacher.path.clone())
-        .context("no --teacher given and the run's config names none")?;
-    let (teacher, _) = Teacher::load(&teacher_dir, &device)
-        .with_context(|| format!("loading the teacher {}", teacher_dir.display()))?;
-    if DenseTeacher::dim(&teacher) != cfg.segmenter.embed_dim {
-        bail!(
-            "the teacher {} embeds into D = {}, the segmenter into {}",
-            teacher_dir.display(),
-            DenseTeacher::dim(&teacher),
-            cfg.segmenter.embed_dim
-        );
-    }
-    let embeds = DenseTeacher::class_embeds(&teacher, &class_names, &cfg.distill.templates)
-        .map_err(anyhow::Error::msg)
-        .context("embedding the class names")?;
-    let model = load_segmenter(&cfg, &ckpt, &device)
-        .with_context(|| format!("loading {}", ckpt.display()))?;
+    let (model, embeds, mean, std) = match &args.bundle {
+        Some(b) => {
+            let (bundle, teacher) = open_bundle(b, BundleTask::Seg, &device)?;
+            let settings: SegSettings = bundle.inference()?;
+            let seg_cfg: SegmenterConfig = bundle.read_json(STUDENT_CONFIG)?;
+            let embeds = teacher
+                .class_embeds(&class_names, &bundle.manifest.templates)
+                .context("embedding the class names with the bundle's text tower")?;
+            let model = bundle.load_student(seg_cfg.init(&device)?)?;
+            (model, embeds, settings.mean, settings.std)
+        }
+        None => {
+            let checkpoint = args
+                .checkpoint
+                .as_ref()
+                .context("give --checkpoint or --bundle")?;
+            let ckpt = checkpoint_dir(checkpoint)?;
+            let cfg = config_of_checkpoint(&ckpt)?;
+            let teacher_dir = args
+                .teacher
+                .clone()
+                .or(cfg.teacher.path.clone())
+                .context("no --teacher given and the run's config names none")?;
+            let (teacher, _) = Teacher::load(&teacher_dir, &device)
+                .with_context(|| format!("loading the teacher {}", teacher_dir.display()))?;
+            if DenseTeacher::dim(&teacher) != cfg.segmenter.embed_dim {
+                bail!(
+                    "the teacher {} embeds into D = {}, the segmenter into {}",
+                    teacher_dir.display(),
+                    DenseTeacher::dim(&teacher),
+                    cfg.segmenter.embed_dim
+                );
+            }
+            let embeds = DenseTeacher::class_embeds(&teacher, &class_names, &cfg.distill.templates)
+                .map_err(anyhow::Error::msg)
+                .context("embedding the class names")?;
+            let model = load_segmenter(&cfg, &ckpt, &device)
+                .with_context(|| format!("loading {}", ckpt.display()))?;
+            (model, embeds, cfg.data.augment.mean, cfg.data.augment.std)
+        }
+    };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let values: Vec<u16> = (0..=names.len() as u16).collect();
@@ -156,8 +180,8 @@ pub fn run_seg(ctx: &Context, args: &PredictArgs) -> Result<()> {
         embeds,
         &values,
         mode,
-        cfg.data.augment.mean,
-        cfg.data.augment.std,
+        mean,
+        std,
         1,
         |i, map| {
             let path = &args.images[i];

@@ -123,6 +123,13 @@ pub fn stages(ctx: &Context, layered: &Layered, exp: &Experiment) -> Result<Vec<
     if exp.detector.is_some() || exp.segmenter.is_some() {
         out.push(eval_stage(ctx, exp));
     }
+    if exp.detector.is_some() || exp.segmenter.is_some() {
+        out.push(export_stage(
+            ctx,
+            exp.detector.is_some(),
+            exp.segmenter.is_some(),
+        ));
+    }
     out.push(report_stage(ctx));
     Ok(out)
 }
@@ -358,6 +365,41 @@ fn eval_stage(ctx: &Context, exp: &Experiment) -> CommandStage {
     }
 }
 
+/// `ovkd export bundle` for each trained student, into `RUN/export/{detector,segmenter}`
+/// (each bundle written whole into a temporary folder and renamed into place).
+fn export_stage(ctx: &Context, detector: bool, segmenter: bool) -> CommandStage {
+    let ctx = ctx.clone();
+    CommandStage {
+        name: "export",
+        upstream: &["train-detector", "train-segmenter"],
+        keys: &[],
+        outputs: vec!["export"],
+        work: Box::new(move |run, _| {
+            for (on, task, student) in [
+                (detector, "det", "detector"),
+                (segmenter, "seg", "segmenter"),
+            ] {
+                if on {
+                    ovkd(
+                        &ctx,
+                        vec![
+                            "export".into(),
+                            "bundle".into(),
+                            "--task".into(),
+                            task.into(),
+                            "--checkpoint".into(),
+                            s(run),
+                            "--out".into(),
+                            s(&run.join("export").join(student)),
+                        ],
+                    )?;
+                }
+            }
+            Ok(())
+        }),
+    }
+}
+
 /// `ovkd COMMAND --config CFG --run RUN --resume`: the student commands continue from their
 /// checkpoints, and start afresh in a directory the stage has just cleared.
 fn student_args(command: &[&str], cfg: &Path, run: &Path) -> Vec<String> {
@@ -382,6 +424,7 @@ fn report_stage(ctx: &Context) -> CommandStage {
             "train-detector",
             "train-segmenter",
             "eval",
+            "export",
         ],
         keys: &["eval"],
         outputs: vec!["report"],

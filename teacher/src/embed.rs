@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
 use sha2::{Digest, Sha256};
 
-use crate::clip::{ClipModel, l2_normalize};
+use crate::clip::{ClipModel, TextTower, l2_normalize};
 use crate::error::{TeacherError, to_vec};
 use crate::preprocess::{PreprocessConfig, check_box, scale_box};
 use crate::tokenizer::ClipTokenizer;
@@ -54,13 +54,8 @@ impl Teacher {
             dir.to_path_buf()
         };
         let checkpoint_hash = file_sha256(&weights)?;
-        let tok_dir = if dir.is_dir() {
-            dir.to_path_buf()
-        } else {
-            dir.parent().map(Path::to_path_buf).unwrap_or_default()
-        };
         let tokenizer = ClipTokenizer::from_file(
-            &tok_dir.join("tokenizer.json"),
+            &tokenizer_file(dir),
             model.config.text_config.max_position_embeddings,
         )?;
         Ok((Self::new(model, tokenizer, checkpoint_hash, device), unused))
@@ -91,15 +86,14 @@ impl Teacher {
 
     /// L2-normalised embeddings of texts, batched: [N, D].
     pub fn text_embeds(&self, texts: &[String]) -> Result<Tensor<2>, TeacherError> {
-        let mut parts = Vec::new();
-        for chunk in texts.chunks(self.max_batch.max(1) * 4) {
-            let b = self.tokenizer.encode_batch(chunk)?;
-            parts.push(self.model.text_embeds(&b.ids, b.batch, b.len));
-        }
-        if parts.is_empty() {
-            return Ok(Tensor::zeros([0, self.dim()], &self.device));
-        }
-        Ok(Tensor::cat(parts, 0))
+        embed_texts(
+            &self.tokenizer,
+            self.max_batch,
+            self.dim(),
+            &self.device,
+            texts,
+            |ids, b, l| self.model.text_embeds(ids, b, l),
+        )
     }
 
     /// One embedding per class from a prompt ensemble: every (name, template) pair embedded
@@ -110,27 +104,9 @@ impl Teacher {
         classes: &[Vec<String>],
         templates: &[String],
     ) -> Result<Tensor<2>, TeacherError> {
-        if templates.is_empty() {
-            return Err(TeacherError::InvalidRequest("no prompt templates".into()));
-        }
-        let mut rows = Vec::with_capacity(classes.len());
-        for (k, names) in classes.iter().enumerate() {
-            if names.is_empty() {
-                return Err(TeacherError::InvalidRequest(format!(
-                    "class {k} has no name"
-                )));
-            }
-            let texts: Vec<String> = names
-                .iter()
-                .flat_map(|n| templates.iter().map(move |t| fill_template(t, n)))
-                .collect();
-            let e = self.text_embeds(&texts)?; // [T, D]
-            rows.push(l2_normalize(e.mean_dim(0)));
-        }
-        if rows.is_empty() {
-            return Ok(Tensor::zeros([0, self.dim()], &self.device));
-        }
-        Ok(Tensor::cat(rows, 0))
+        prompt_ensemble(classes, templates, self.dim(), &self.device, |t| {
+            self.text_embeds(t)
+        })
     }
 
     /// [`Self::class_embeds`], cached in `cache_dir` under the checkpoint hash, the templates and
@@ -302,6 +278,135 @@ impl Teacher {
         let pooled = self.model.text_model.forward_embeds(embeds, eot).pooled;
         l2_normalize(self.model.text_projection.forward(pooled))
     }
+}
+
+/// Only the text half of a teacher ([`TextTower`] and the tokenizer): what embeds class names
+/// at inference time, e.g. from an export bundle that carries no image tower.
+#[derive(Debug)]
+pub struct TextTeacher {
+    /// The text tower and its projection (on `device`).
+    pub tower: TextTower,
+    /// Its tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// Where the tensors live.
+    pub device: Device,
+    /// Texts per forward pass, divided by 4 (as [`Teacher::max_batch`]).
+    pub max_batch: usize,
+}
+
+impl TextTeacher {
+    /// Loads the text half of `dir` (`config.json`, `model.safetensors`, `tokenizer.json`): a
+    /// whole teacher or a text-only one. Returns it and the checkpoint keys that are neither
+    /// text nor image-side (the image tower is expected to be left over).
+    pub fn load(dir: &Path, device: &Device) -> Result<(Self, Vec<String>), TeacherError> {
+        let (tower, unused) = TextTower::load(dir, device)?;
+        let tokenizer = ClipTokenizer::from_file(
+            &tokenizer_file(dir),
+            tower.config.text_config.max_position_embeddings,
+        )?;
+        let teacher = Self {
+            tower,
+            tokenizer,
+            device: device.clone(),
+            max_batch: 32,
+        };
+        Ok((teacher, unused))
+    }
+
+    /// Joint embedding size D.
+    pub fn dim(&self) -> usize {
+        self.tower.embed_dim()
+    }
+
+    /// L2-normalised embeddings of texts, batched: [N, D] (the numbers [`Teacher::text_embeds`]
+    /// gives for the same weights).
+    pub fn text_embeds(&self, texts: &[String]) -> Result<Tensor<2>, TeacherError> {
+        embed_texts(
+            &self.tokenizer,
+            self.max_batch,
+            self.dim(),
+            &self.device,
+            texts,
+            |ids, b, l| self.tower.text_embeds(ids, b, l, &self.device),
+        )
+    }
+
+    /// The prompt-ensemble embedding of each class, as [`Teacher::class_embeds`]: [K, D].
+    pub fn class_embeds(
+        &self,
+        classes: &[Vec<String>],
+        templates: &[String],
+    ) -> Result<Tensor<2>, TeacherError> {
+        prompt_ensemble(classes, templates, self.dim(), &self.device, |t| {
+            self.text_embeds(t)
+        })
+    }
+}
+
+/// The `tokenizer.json` of a teacher checkpoint: in the folder, or beside the weights file.
+pub fn tokenizer_file(checkpoint: &Path) -> PathBuf {
+    let dir = if checkpoint.is_dir() {
+        checkpoint.to_path_buf()
+    } else {
+        checkpoint
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    };
+    dir.join("tokenizer.json")
+}
+
+/// Tokenises `texts` in chunks of `4 * max_batch` and embeds each chunk with `encode`
+/// (ids [B, L] → [B, D]): [N, D].
+fn embed_texts(
+    tokenizer: &ClipTokenizer,
+    max_batch: usize,
+    dim: usize,
+    device: &Device,
+    texts: &[String],
+    encode: impl Fn(&[i64], usize, usize) -> Tensor<2>,
+) -> Result<Tensor<2>, TeacherError> {
+    let mut parts = Vec::new();
+    for chunk in texts.chunks(max_batch.max(1) * 4) {
+        let b = tokenizer.encode_batch(chunk)?;
+        parts.push(encode(&b.ids, b.batch, b.len));
+    }
+    if parts.is_empty() {
+        return Ok(Tensor::zeros([0, dim], device));
+    }
+    Ok(Tensor::cat(parts, 0))
+}
+
+/// Every (name, template) pair of each class embedded by `text_embeds`, averaged over the
+/// class's names and templates and renormalised: [K, D].
+fn prompt_ensemble(
+    classes: &[Vec<String>],
+    templates: &[String],
+    dim: usize,
+    device: &Device,
+    text_embeds: impl Fn(&[String]) -> Result<Tensor<2>, TeacherError>,
+) -> Result<Tensor<2>, TeacherError> {
+    if templates.is_empty() {
+        return Err(TeacherError::InvalidRequest("no prompt templates".into()));
+    }
+    let mut rows = Vec::with_capacity(classes.len());
+    for (k, names) in classes.iter().enumerate() {
+        if names.is_empty() {
+            return Err(TeacherError::InvalidRequest(format!(
+                "class {k} has no name"
+            )));
+        }
+        let texts: Vec<String> = names
+            .iter()
+            .flat_map(|n| templates.iter().map(move |t| fill_template(t, n)))
+            .collect();
+        let e = text_embeds(&texts)?; // [T, D]
+        rows.push(l2_normalize(e.mean_dim(0)));
+    }
+    if rows.is_empty() {
+        return Ok(Tensor::zeros([0, dim], device));
+    }
+    Ok(Tensor::cat(rows, 0))
 }
 
 /// Replaces `{}` in a template by `name` (a template without `{}` gets the name appended).

@@ -5,6 +5,7 @@ mod common;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::*;
 use ovkd_teacher::clip::l2_normalize;
+use ovkd_teacher::embed::{Teacher, TextTeacher};
 use ovkd_teacher::preprocess::scale_box;
 use ovkd_teacher::weights::read_int_tensor;
 
@@ -190,4 +191,40 @@ fn interpolated_positions_match_transformers() {
         .try_into_vec::<f32>()
         .unwrap();
     assert!(max_diff(&got, &f.get("last_hidden_state").unwrap().data) < 1e-4);
+}
+
+#[test]
+fn the_text_half_alone_embeds_class_names_as_the_whole_teacher() {
+    let device = Device::flex();
+    let (t, dir) = tiny_teacher(&device);
+    let mut model = tiny_model(&device);
+    let eot = t.model.text_model.eos_token_id;
+    model.text_model.eos_token_id = eot;
+    model.config.text_config.eos_token_id = eot;
+    // A whole checkpoint beside the tokenizer: the text half loads, the image half is expected
+    // to be left over and is not reported.
+    model.save(dir.path()).unwrap();
+    let (from_whole, unused) = TextTeacher::load(dir.path(), &device).unwrap();
+    assert!(unused.is_empty(), "{unused:?}");
+    let text_dir = dir.path().join("text");
+    from_whole.tower.save(&text_dir).unwrap();
+    std::fs::copy(
+        dir.path().join("tokenizer.json"),
+        text_dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    let (alone, unused) = TextTeacher::load(&text_dir, &device).unwrap();
+    assert!(unused.is_empty(), "{unused:?}");
+    let templates = vec!["a photo of a {}.".to_string(), "the {}".to_string()];
+    let classes = vec![
+        vec!["star".to_string()],
+        vec!["red circle".to_string(), "ring".to_string()],
+    ];
+    assert_eq!(
+        vec2(alone.class_embeds(&classes, &templates).unwrap()),
+        vec2(t.class_embeds(&classes, &templates).unwrap())
+    );
+    // The whole teacher cannot load from the text half: the missing tensor is named.
+    let err = Teacher::load(&text_dir, &device).unwrap_err().to_string();
+    assert!(err.contains("vision_model."), "{err}");
 }

@@ -10,6 +10,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::config::ClipConfig;
 use super::layers::{load_linear, save_linear, to_host};
 use super::text::{TextTransformer, text_shapes};
+use super::text_tower::TextTower;
 use super::vision::{VisionTransformer, vision_shapes};
 use crate::error::TeacherError;
 use crate::weights::{HostTensor, WeightMap};
@@ -87,19 +88,15 @@ impl ClipModel {
         device: &Device,
     ) -> Result<Self, TeacherError> {
         let vision_model = VisionTransformer::load(map, &c.vision_config, device)?;
-        let text_model = TextTransformer::load(map, &c.text_config, device)?;
+        let TextTower {
+            text_model,
+            text_projection,
+            ..
+        } = TextTower::from_weights(c, map, device)?;
         let visual_projection = load_linear(
             map,
             "visual_projection",
             c.vision_config.hidden_size,
-            c.projection_dim,
-            false,
-            device,
-        )?;
-        let text_projection = load_linear(
-            map,
-            "text_projection",
-            c.text_config.hidden_size,
             c.projection_dim,
             false,
             device,
@@ -181,8 +178,14 @@ impl ClipModel {
     /// Projected text features, not normalised: ids [B, L] row-major → [B, D].
     pub fn text_features(&self, ids: &[i64], b: usize, l: usize) -> Tensor<2> {
         let device = self.logit_scale.val().device();
-        self.text_projection
-            .forward(self.text_model.forward_ids(ids, b, l, &device).pooled)
+        super::text_tower::text_features(
+            &self.text_model,
+            &self.text_projection,
+            ids,
+            b,
+            l,
+            &device,
+        )
     }
 
     /// L2-normalised text embeddings: ids [B, L] → [B, D].
