@@ -167,7 +167,7 @@ def main():
         status = "(before)" if r["name"].endswith("_burnconv") else "" if t is None else (f"{t}x met" if r["ratio"] >= t
                                        else f"{t}x missed by {t - r['ratio']:.2f}")
         ph = lambda m: f"{m['forward']:.1f} / {m['backward']:.1f} / {m['optim']:.1f}"
-        print(f"| {r['name']} | {r['unit']} | {r['ours']:.1f} | {r['reference']:.1f} | "
+        print(f"| {r['name']} | {r['unit']} | {r['ours']:.3g} | {r['reference']:.3g} | "
               f"{r['ratio']:.2f}x | {status} | {ph(r['ours_ms'])} | {ph(r['reference_ms'])} |")
 
 
