@@ -550,6 +550,11 @@ fn voc_zs_lseg_runs_every_stage_on_a_vocdevkit_sample_and_reports_drawings() {
         "{html}"
     );
     assert!(run.join("report/segvis_2007_000033.png").is_file());
+    if std::env::var_os("OVKD_KEEP_RUN").is_some() {
+        // For looking at the report in a browser.
+        println!("kept {}", s(&run));
+        let _ = tmp.keep();
+    }
 }
 
 #[test]

@@ -178,6 +178,18 @@ fn write_split(
     let in_vocab: BTreeSet<u64> = vocab.ids().into_iter().collect();
     let mut ds = gt.clone();
     ds.categories.retain(|c| in_vocab.contains(&c.id));
+    // Every class the students are asked about must be a category of the ground truth, or its
+    // detections cannot be scored (a download lists all its classes; a subset may not).
+    for c in &vocab.classes {
+        if !ds.categories.iter().any(|k| k.id == c.id) {
+            ds.categories.push(ovkd_data::coco::CocoCategory {
+                id: c.id,
+                name: c.name.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    ds.categories.sort_by_key(|c| c.id);
     ds.annotations.retain(|a| keep.contains(&a.category_id));
     let images_dir = out.join(split).join("images");
     std::fs::create_dir_all(&images_dir)?;
@@ -389,9 +401,10 @@ mod tests {
         );
         assert_eq!(
             val.categories.len(),
-            2,
-            "hair drier is not in the vocabulary"
+            65,
+            "every OV-COCO class, and hair drier, which is none of them, dropped"
         );
+        assert!(!val.categories.iter().any(|c| c.id == 89));
         assert!(out.join("train/images/000000000009.jpg").is_file());
         assert_eq!(Vocabulary::load(out.join("vocab.toml")).unwrap().len(), 65);
         let summary: serde_json::Value =
