@@ -159,6 +159,14 @@ fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
         .map(|run| run.join("cache").join("text"))
         .unwrap_or_else(|| std::env::temp_dir().join("ovkd-predict-text"));
     let (text, dim) = text_embeds(&teacher, &per_class, &cfg.teacher.templates, &cache)?;
+    // A BARON detector classifies its pseudo-words through the teacher's text tower.
+    let encoder = if det_cfg.box_head.pseudo_words > 0 {
+        Some(ovkd_distill::det::PseudoWordEncoder::from_teacher(
+            &teacher,
+        )?)
+    } else {
+        None
+    };
     drop(teacher);
     if dim != det_cfg.box_head.embed_dim {
         bail!(
@@ -201,6 +209,7 @@ fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
             &inference,
             args.size,
             &device,
+            encoder.as_ref(),
         )?
         .pop()
         .unwrap_or_default();
