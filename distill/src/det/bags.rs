@@ -20,6 +20,8 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use super::proposals::iou;
+
 /// Bag sampling settings (defaults: the official OV-COCO config, except the neighbour
 /// probability, see `base_probability`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -104,20 +106,25 @@ impl Bag {
 
     /// Each member's box relative to the enclosing box, `[x1, y1, x2, y2]` in `[0, 1]`.
     pub fn normed_members(&self) -> Vec<[f32; 4]> {
-        let s = self.spanned;
-        let (w, h) = ((s[2] - s[0]).max(1e-12), (s[3] - s[1]).max(1e-12));
-        self.members
-            .iter()
-            .map(|b| {
-                [
-                    (b[0] - s[0]) / w,
-                    (b[1] - s[1]) / h,
-                    (b[2] - s[0]) / w,
-                    (b[3] - s[1]) / h,
-                ]
-            })
-            .collect()
+        relative_to(&self.members, self.spanned)
     }
+}
+
+/// `boxes` in the coordinates of `frame` (its corner at 0, its far corner at 1).
+pub fn relative_to(boxes: &[[f32; 4]], frame: [f32; 4]) -> Vec<[f32; 4]> {
+    let s = frame;
+    let (w, h) = ((s[2] - s[0]).max(1e-12), (s[3] - s[1]).max(1e-12));
+    boxes
+        .iter()
+        .map(|b| {
+            [
+                (b[0] - s[0]) / w,
+                (b[1] - s[1]) / h,
+                (b[2] - s[0]) / w,
+                (b[3] - s[1]) / h,
+            ]
+        })
+        .collect()
 }
 
 /// Grid cell `cell` (0..9) of the 3x3 grid around `center`: the same shape, shifted by
@@ -253,14 +260,6 @@ fn sample_orders<R: Rng + ?Sized>(m: usize, k: usize, rng: &mut R) -> Vec<Vec<us
         }
     }
     out
-}
-
-fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
 }
 
 /// The bag centres of one image: its ground-truth boxes (when `cfg.use_gt`) then its

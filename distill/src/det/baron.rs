@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::DetError;
 use super::bag_cache::CachedBag;
-use super::bags::BagConfig;
+use super::bags::{BagConfig, enclosing_box, relative_to};
 use super::infonce::{EmbedQueue, symmetric_infonce};
 use super::pseudo_words::{PseudoWordEncoder, sine_embedding};
 use super::task::augment_box;
@@ -121,22 +121,7 @@ pub fn draw_step_bags<R: Rng + ?Sized>(
                 .iter()
                 .map(|&m| augment_box(m, scale, flipped, size))
                 .collect();
-            let span = super::bags::enclosing_box(&members);
-            let (w, h) = (
-                (span[2] - span[0]).max(1e-12),
-                (span[3] - span[1]).max(1e-12),
-            );
-            let normed = members
-                .iter()
-                .map(|m| {
-                    [
-                        (m[0] - span[0]) / w,
-                        (m[1] - span[1]) / h,
-                        (m[2] - span[0]) / w,
-                        (m[3] - span[1]) / h,
-                    ]
-                })
-                .collect();
+            let normed = relative_to(&members, enclosing_box(&members));
             let keep = b
                 .orders
                 .iter()

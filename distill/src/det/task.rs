@@ -73,6 +73,15 @@ pub struct StepData {
     pub bags: Vec<StepBag>,
 }
 
+/// Sampled RoIs that are not background, over the batch.
+fn foreground_rois(samples: &[ovkd_detector::RoiSample]) -> usize {
+    samples
+        .iter()
+        .flat_map(|s| &s.labels)
+        .filter(|&&l| l != ovkd_detector::BACKGROUND)
+        .count()
+}
+
 /// A ChaCha8 stream for (seed, what, step, index).
 pub fn step_rng(seed: u64, what: &str, step: usize, index: usize) -> ChaCha8Rng {
     let mut h = Sha256::new();
@@ -410,12 +419,7 @@ impl DetTask {
                     }
                     _ => Tensor::zeros([1], &self.device),
                 };
-                let fg = out
-                    .samples
-                    .iter()
-                    .flat_map(|s| &s.labels)
-                    .filter(|&&l| l != ovkd_detector::BACKGROUND)
-                    .count();
+                let fg = foreground_rois(&out.samples);
                 let (rw, bw, tw) = (
                     self.cfg.rpn_weight,
                     self.cfg.box_weight,
@@ -475,12 +479,7 @@ impl DetTask {
             queues,
         )?;
         let l = out.losses;
-        let fg = out
-            .samples
-            .iter()
-            .flat_map(|s| &s.labels)
-            .filter(|&&l| l != ovkd_detector::BACKGROUND)
-            .count();
+        let fg = foreground_rois(&out.samples);
         let (rw, bw) = (self.cfg.rpn_weight, self.cfg.box_weight);
         Ok(StepOutput {
             terms: vec![
