@@ -262,6 +262,19 @@ fn baron_with_pseudo_boxes_end_to_end_and_a_bad_method_named() {
         "--set",
         "eval.inference.scores=text",
     ];
+    // BARON alone: no region cache, so nothing else has made RUN/cache.
+    ovkd(&[
+        "proposals",
+        "--config",
+        s(&config),
+        "--run",
+        s(&run),
+        "--quiet",
+        "--set",
+        "distill.method=baron",
+    ]);
+    assert!(run.join("cache/bags.parquet").is_file());
+    assert!(!run.join("cache/regions").exists());
     let mut args = vec![
         "proposals",
         "--config",

@@ -382,6 +382,10 @@ pub fn run(ctx: &Context, args: ProposalsArgs) -> Result<()> {
             cfg.train.seed,
             args.common.quiet,
         )?;
+        if let Some(dir) = paths.bags.parent() {
+            // Without a region cache nothing has made `RUN/cache` yet.
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         cache.write_parquet(&paths.bags, cfg.distill.baron.bags.overlap)?;
         println!(
             "BARON: {} bags around the proposals of {} images, embedded by the teacher into {} ({:.1} s)",
