@@ -275,6 +275,7 @@ fn baron_with_pseudo_boxes_end_to_end_and_a_bad_method_named() {
     ]);
     assert!(run.join("cache/bags.parquet").is_file());
     assert!(!run.join("cache/regions").exists());
+    // Again with pseudo boxes (the RPN's checkpoints are reused).
     let mut args = vec![
         "proposals",
         "--config",
@@ -282,6 +283,7 @@ fn baron_with_pseudo_boxes_end_to_end_and_a_bad_method_named() {
         "--run",
         s(&run),
         "--quiet",
+        "--resume",
     ];
     args.extend(sets);
     let out = ovkd(&args);
