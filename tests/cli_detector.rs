@@ -24,6 +24,44 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `DIR/run` with a tiny OV-Shapes in `run/data` and a one-step teacher in `run/teacher`:
+/// (run, data).
+fn tiny_run(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let run = dir.join("run");
+    let data = run.join("data");
+    ovkd(&[
+        "data",
+        "synth",
+        "--out",
+        s(&data),
+        "--preset",
+        "quick",
+        "--train-images",
+        "4",
+        "--val-images",
+        "2",
+        "--pretrain-images",
+        "64",
+        "--image-size",
+        "64",
+        "--seed",
+        "2",
+    ]);
+    ovkd(&[
+        "teacher",
+        "pretrain",
+        "--data",
+        s(&data),
+        "--out",
+        s(&run.join("teacher")),
+        "--preset",
+        "quick",
+        "--steps",
+        "1",
+    ]);
+    (run, data)
+}
+
 const CONFIG: &str = r#"
 [detector]
 preset = "tiny"
@@ -62,39 +100,7 @@ scores = "ensemble"
 #[test]
 fn proposals_cache_train_predict_and_eval() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = tmp.path().join("run");
-    let data = run.join("data");
-    ovkd(&[
-        "data",
-        "synth",
-        "--out",
-        s(&data),
-        "--preset",
-        "quick",
-        "--train-images",
-        "4",
-        "--val-images",
-        "2",
-        "--pretrain-images",
-        "64",
-        "--image-size",
-        "64",
-        "--seed",
-        "2",
-    ]);
-    let teacher = run.join("teacher");
-    ovkd(&[
-        "teacher",
-        "pretrain",
-        "--data",
-        s(&data),
-        "--out",
-        s(&teacher),
-        "--preset",
-        "quick",
-        "--steps",
-        "1",
-    ]);
+    let (run, data) = tiny_run(tmp.path());
     let config = tmp.path().join("det.toml");
     std::fs::write(&config, CONFIG).unwrap();
 
@@ -226,5 +232,134 @@ fn proposals_cache_train_predict_and_eval() {
                 .ends_with("_det.png"))
             .count(),
         2
+    );
+}
+
+/// `ovkd ARGS`, expected to fail: its stderr.
+fn ovkd_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ovkd"))
+        .args(["--device", "cpu"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "ovkd {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn baron_with_pseudo_boxes_end_to_end_and_a_bad_method_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, data) = tiny_run(tmp.path());
+    let config = tmp.path().join("det.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let sets = [
+        "--set",
+        "distill.method=baron",
+        "--set",
+        "distill.pseudo_boxes=true",
+        "--set",
+        "distill.pseudo_box.threshold=0",
+        "--set",
+        "eval.inference.scores=text",
+    ];
+    // BARON alone: no region cache, so nothing else has made RUN/cache.
+    ovkd(&[
+        "proposals",
+        "--config",
+        s(&config),
+        "--run",
+        s(&run),
+        "--quiet",
+        "--set",
+        "distill.method=baron",
+    ]);
+    assert!(run.join("cache/bags.parquet").is_file());
+    assert!(!run.join("cache/regions").exists());
+    // Again with pseudo boxes (the RPN's checkpoints are reused).
+    let mut args = vec![
+        "proposals",
+        "--config",
+        s(&config),
+        "--run",
+        s(&run),
+        "--quiet",
+        "--resume",
+    ];
+    args.extend(sets);
+    let out = ovkd(&args);
+    // Pseudo boxes need the region cache, BARON the bag cache.
+    assert!(run.join("cache/regions/index.parquet").is_file(), "{out}");
+    assert!(
+        out.contains("BARON:") && out.contains("bags around"),
+        "{out}"
+    );
+    assert!(run.join("cache/bags.parquet").is_file());
+
+    let mut args = vec![
+        "train",
+        "detector",
+        "--config",
+        s(&config),
+        "--run",
+        s(&run),
+        "--quiet",
+    ];
+    args.extend(sets);
+    let out = ovkd(&args);
+    assert!(out.contains("trained 3 of 3 steps"), "{out}");
+    assert!(out.contains("AP50 base"), "{out}");
+    // Threshold 0: every caption class the annotations lack gets a box.
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("detector/pseudo_boxes.json")).unwrap(),
+    )
+    .unwrap();
+    let boxes = report["boxes"].as_u64().unwrap();
+    assert!(
+        boxes > 0 && boxes == report["candidates"].as_u64().unwrap(),
+        "{report}"
+    );
+    assert!(report["precision"].as_f64().is_some(), "{report}");
+    let csv = std::fs::read_to_string(run.join("detector/metrics.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    for col in ["baron_cls", "baron_bag", "baron_single", "baron_bags"] {
+        assert!(header.split(',').any(|h| h == col), "{header}");
+    }
+    // The saved detector has the pseudo-word projection; predict reads it through the tower.
+    let saved = std::fs::read_to_string(run.join("detector/config.toml")).unwrap();
+    assert!(saved.contains("pseudo_words = 3"), "{saved}");
+    let img = std::fs::read_dir(data.join("val/images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let pred = tmp.path().join("pred");
+    let out = ovkd(&[
+        "predict",
+        "--classes",
+        "circle,star",
+        "--checkpoint",
+        s(&run),
+        "--out",
+        s(&pred),
+        "--score-thresh",
+        "0.0",
+        s(&img),
+    ]);
+    assert!(out.contains("detections in 1 images"), "{out}");
+
+    let err = ovkd_fails(&[
+        "train",
+        "detector",
+        "--config",
+        s(&config),
+        "--run",
+        s(&run),
+        "--set",
+        "distill.method=barn",
+    ]);
+    assert!(
+        err.contains("distill.method") && err.contains("barn"),
+        "{err}"
     );
 }

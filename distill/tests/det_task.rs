@@ -443,7 +443,15 @@ fn vild_overfits_two_images_and_finds_novel_objects_through_vild_image() {
             scores,
             ..Default::default()
         };
-        let dets = detect(&model, &batch, text(&all, &plain), &is_novel, &inference).unwrap();
+        let dets = detect(
+            &model,
+            &batch,
+            text(&all, &plain),
+            &is_novel,
+            &inference,
+            None,
+        )
+        .unwrap();
         let (mut found, mut total) = ([0usize; 2], [0usize; 2]);
         for (im, det) in images.iter().zip(&dets) {
             for a in coco.annotations.iter().filter(|a| a.image_id == im.id) {

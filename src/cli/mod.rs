@@ -9,6 +9,7 @@ pub mod pipeline;
 pub mod predict;
 pub mod predict_seg;
 pub mod proposals;
+pub mod pseudo_boxes;
 pub mod report;
 pub mod sweep;
 pub mod teacher;

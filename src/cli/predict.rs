@@ -238,6 +238,14 @@ fn det_from_checkpoint(args: &PredictArgs, names: &[String], device: &Device) ->
         .map(|run| run.join("cache").join("text"))
         .unwrap_or_else(|| std::env::temp_dir().join("ovkd-predict-text"));
     let (text, dim) = text_embeds(&teacher, &per_class, &cfg.teacher.templates, &cache)?;
+    // A BARON detector classifies its pseudo-words through the teacher's text tower.
+    let encoder = if det_cfg.box_head.pseudo_words > 0 {
+        Some(ovkd_distill::det::PseudoWordEncoder::from_teacher(
+            &teacher,
+        )?)
+    } else {
+        None
+    };
     drop(teacher);
     if dim != det_cfg.box_head.embed_dim {
         bail!(
@@ -317,6 +325,7 @@ fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
             &inference,
             size,
             &device,
+            encoder.as_ref(),
         )?
         .pop()
         .unwrap_or_default();

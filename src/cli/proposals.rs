@@ -28,13 +28,19 @@ use ovkd_data::DatasetDir;
 use ovkd_data::coco::CocoDataset;
 use ovkd_data::loader::load_rgb;
 use ovkd_detector::{Detector, ImageBatch};
-use ovkd_distill::det::{DetTask, DetTaskMode, ImageProposals, ProposalSet, RecallStats, best_iou};
+use ovkd_distill::det::bags::{bag_centers, sample_bags};
+use ovkd_distill::det::task::step_rng;
+use ovkd_distill::det::{
+    Bag, BagCache, BagConfig, CachedBag, DetTask, DetTaskMode, ImageProposals, ProposalSet,
+    RecallStats, best_iou,
+};
 use ovkd_distill::train::{LoopOptions, TrainConfig, train};
 use serde::{Deserialize, Serialize};
 
 use super::Context;
 use super::train_detector::{
-    ClassList, RunPaths, chw01, load_config, progress_bar, resolve_detector, tensor2, train_loader,
+    ClassList, RunPaths, chw01, load_config, load_teacher, progress_bar, resolve_detector, tensor2,
+    train_loader,
 };
 
 /// Arguments of `ovkd proposals`.
@@ -43,8 +49,9 @@ pub struct ProposalsArgs {
     /// Config, run directory, --resume, --set, --quiet.
     #[command(flatten)]
     pub common: super::RunArgs,
-    /// Do not fill the region-embedding cache (by default, when `distill.image_weight > 0`,
-    /// the teacher embeds the proposals into `cache.regions`, as `ovkd teacher embed` does).
+    /// Do not fill the region-embedding cache (by default, when ViLD-image or pseudo boxes
+    /// need it, the teacher embeds the proposals into `cache.regions`, as `ovkd teacher
+    /// embed` does) nor BARON's bag cache.
     #[arg(long)]
     pub no_cache: bool,
 }
@@ -323,7 +330,7 @@ pub fn run(ctx: &Context, args: ProposalsArgs) -> Result<()> {
         file.display(),
         t0.elapsed().as_secs_f64()
     );
-    if cfg.distill.image_weight > 0.0 && !args.no_cache {
+    if cfg.distill.needs_region_cache() && !args.no_cache {
         // ViLD-image reads the teacher's embeddings of these boxes from the cache: fill it
         // with the teacher's own command, so `ovkd pipeline` needs no separate stage.
         if !paths.teacher.join("model.safetensors").exists() {
@@ -362,7 +369,122 @@ pub fn run(ctx: &Context, args: ProposalsArgs) -> Result<()> {
             t_cache.elapsed().as_secs_f64()
         );
     }
+    if cfg.distill.needs_bag_cache() && !args.no_cache {
+        let t_bags = Instant::now();
+        let cache = make_bag_cache(
+            &data,
+            &set,
+            &paths.teacher,
+            &cfg.distill.baron.bags,
+            cfg.train.seed,
+            args.common.quiet,
+        )?;
+        if let Some(dir) = paths.bags.parent() {
+            // Without a region cache nothing has made `RUN/cache` yet.
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        cache.write_parquet(&paths.bags, cfg.distill.baron.bags.overlap)?;
+        println!(
+            "BARON: {} bags around the proposals of {} images, embedded by the teacher into {} ({:.1} s)",
+            cache.num_bags(),
+            cache.images.len(),
+            paths.bags.display(),
+            t_bags.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
+}
+
+/// BARON's bags of every training image, grown around its proposals and base boxes, with
+/// the teacher's embedding of each bag's enclosing crop (1x) and of its centre (ViLD's 1x +
+/// 1.5x crops). The bags are drawn once, from `seed`.
+pub fn make_bag_cache(
+    data: &OvShapesDir,
+    set: &ProposalSet,
+    teacher_path: &Path,
+    cfg: &BagConfig,
+    seed: u64,
+    quiet: bool,
+) -> Result<BagCache> {
+    if !teacher_path.join("model.safetensors").exists() {
+        bail!(
+            "{}: no teacher checkpoint to embed BARON's bags with",
+            teacher_path.display()
+        );
+    }
+    let teacher = load_teacher(teacher_path)?;
+    let coco = CocoDataset::read(data.instances_path("train"))?;
+    let by_image = coco.annotations_by_image();
+    let mut images = coco.images.clone();
+    images.sort_by_key(|i| i.id);
+    let host = |t: burn::tensor::Tensor<2>| -> Result<Vec<f32>> {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading teacher embeddings: {e:?}"))
+    };
+    let mut cache = BagCache {
+        dim: teacher.dim(),
+        ..Default::default()
+    };
+    let empty = ImageProposals::default();
+    let bar = progress_bar(images.len(), "images bagged", quiet);
+    for im in &images {
+        let img = load_rgb(&data.images_dir("train").join(&im.file_name))?;
+        let size = [img.height() as usize, img.width() as usize];
+        let p = set.images.get(&(im.id as i64)).unwrap_or(&empty);
+        let gt: Vec<[f32; 4]> = by_image
+            .get(&im.id)
+            .map(|v| {
+                v.iter()
+                    .map(|&k| &coco.annotations[k])
+                    .filter(|a| !a.is_crowd())
+                    .map(|a| a.bbox_xyxy())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let centres = bag_centers(&p.boxes, &p.scores, &gt, cfg);
+        let mut rng = step_rng(seed, "baron-bag-cache", 0, im.id as usize);
+        let bags: Vec<Bag> = centres
+            .iter()
+            .flat_map(|&c| sample_bags(c, size, cfg, &mut rng))
+            .collect();
+        if bags.is_empty() {
+            bar.inc(1);
+            continue;
+        }
+        let mut crops = Vec::new();
+        for b in &bags {
+            crops.extend(
+                teacher
+                    .preprocess
+                    .crop(&img, b.spanned)
+                    .with_context(|| format!("image {}: bag crop {:?}", im.id, b.spanned))?,
+            );
+        }
+        let bag_embeds = host(teacher.embed_pixels(&crops, bags.len()))?;
+        let centre_boxes: Vec<[f32; 4]> = bags.iter().map(|b| b.center).collect();
+        let centre_embeds = host(
+            teacher
+                .region_embeds(&img, &centre_boxes)
+                .with_context(|| format!("image {}: centre regions", im.id))?,
+        )?;
+        let d = cache.dim;
+        cache.images.insert(
+            im.id as i64,
+            bags.into_iter()
+                .enumerate()
+                .map(|(i, bag)| CachedBag {
+                    bag,
+                    teacher_bag: bag_embeds[i * d..(i + 1) * d].to_vec(),
+                    teacher_center: centre_embeds[i * d..(i + 1) * d].to_vec(),
+                })
+                .collect(),
+        );
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(cache)
 }
 
 /// `box_head.embed_dim` if the `[detector]` table sets it.

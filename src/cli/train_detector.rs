@@ -33,7 +33,8 @@ use ovkd_data::loader::{DataLoader, DetectionDataset, LoaderConfig, load_rgb};
 use ovkd_data::transforms::AugmentConfig;
 use ovkd_detector::{Detections, Detector, DetectorConfig, ImageBatch};
 use ovkd_distill::det::{
-    DetDistillConfig, DetTask, DetTaskMode, InferenceConfig, RegionSource, detect,
+    BagCache, DetDistillConfig, DetTask, DetTaskMode, DistillMethod, InferenceConfig,
+    PseudoWordEncoder, RegionSource, detect,
 };
 use ovkd_distill::train::{Checkpoints, LoopOptions, TrainConfig, train};
 use ovkd_teacher::embed::Teacher;
@@ -119,6 +120,8 @@ impl Default for TeacherSection {
 pub struct CacheSection {
     /// The region-embedding cache (`ovkd teacher embed --out`); default `RUN/cache/regions`.
     pub regions: Option<PathBuf>,
+    /// BARON's bag cache (made by `ovkd proposals`); default `RUN/cache/bags.parquet`.
+    pub bags: Option<PathBuf>,
 }
 
 /// How the student is scored.
@@ -216,6 +219,61 @@ impl Validate for DetExperimentConfig {
                 problems.push(Invalid::new(key, format!("must be ≥ 0, got {w}")));
             }
         }
+        let b = &self.distill.baron;
+        for (key, v) in [
+            ("distill.baron.pseudo_words", b.pseudo_words),
+            ("distill.baron.bags_per_image", b.bags_per_image),
+            ("distill.baron.queue_size", b.queue_size),
+            ("distill.baron.bags.bags_per_region", b.bags.bags_per_region),
+            ("distill.baron.bags.orders", b.bags.orders),
+            (
+                "distill.baron.bags.regions_per_image",
+                b.bags.regions_per_image,
+            ),
+        ] {
+            if v == 0 {
+                problems.push(Invalid::new(key, "must be at least 1"));
+            }
+        }
+        for (key, v, lo, hi) in [
+            ("distill.baron.word_dropout", b.word_dropout, 0.0, 0.99),
+            ("distill.baron.bags.overlap", b.bags.overlap, 0.0, 0.99),
+            (
+                "distill.baron.bags.base_probability",
+                b.bags.base_probability,
+                0.0,
+                1.0,
+            ),
+            ("distill.baron.bags.min_aspect", b.bags.min_aspect, 0.0, 1.0),
+            (
+                "distill.pseudo_box.threshold",
+                self.distill.pseudo_box.threshold,
+                0.0,
+                1.0,
+            ),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                problems.push(Invalid::new(
+                    key,
+                    format!("must be in [{lo}, {hi}], got {v}"),
+                ));
+            }
+        }
+        for (key, w) in [
+            ("distill.baron.logit_scale", b.logit_scale),
+            ("distill.baron.single_logit_scale", b.single_logit_scale),
+            ("distill.baron.bag_weight", b.bag_weight),
+            ("distill.baron.single_weight", b.single_weight),
+            ("distill.baron.cls_weight", b.cls_weight),
+            (
+                "distill.pseudo_box.logit_scale",
+                self.distill.pseudo_box.logit_scale,
+            ),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                problems.push(Invalid::new(key, format!("must be ≥ 0, got {w}")));
+            }
+        }
         let lambda = self.eval.inference.lambda;
         if !(0.0..=1.0).contains(&lambda) {
             problems.push(Invalid::new(
@@ -301,6 +359,8 @@ pub struct RunPaths {
     pub regions: PathBuf,
     /// The text-embedding cache.
     pub text_cache: PathBuf,
+    /// BARON's bag cache.
+    pub bags: PathBuf,
 }
 
 impl RunPaths {
@@ -319,6 +379,11 @@ impl RunPaths {
                 .clone()
                 .unwrap_or_else(|| run.join("cache").join("regions")),
             text_cache: run.join("cache").join("text"),
+            bags: cfg
+                .cache
+                .bags
+                .clone()
+                .unwrap_or_else(|| run.join("cache").join("bags.parquet")),
         }
     }
 }
@@ -411,15 +476,24 @@ pub fn train_loader(
     let ds = DetectionDataset::open(data.instances_path("train"), data.images_dir("train"))
         .with_context(|| format!("reading the train split of {}", data.root.display()))?
         .with_classes(class_ids.to_vec());
-    let n = ovkd_data::loader::Dataset::len(&ds);
-    if n == 0 {
+    if ovkd_data::loader::Dataset::len(&ds) == 0 {
         bail!(
             "{}: no training images",
             data.instances_path("train").display()
         );
     }
+    loader_of(Arc::new(ds), train, section)
+}
+
+/// The training loader over `ds` (shuffled, augmented as `section` says).
+pub fn loader_of(
+    ds: Arc<DetectionDataset>,
+    train: &TrainConfig,
+    section: &DataSection,
+) -> Result<DataLoader> {
+    let n = ovkd_data::loader::Dataset::len(ds.as_ref());
     Ok(DataLoader::new(
-        Arc::new(ds),
+        ds,
         LoaderConfig {
             batch_size: train.batch_size,
             shuffle: true,
@@ -492,6 +566,7 @@ pub fn detect_images(
     cfg: &InferenceConfig,
     max_side: Option<usize>,
     device: &Device,
+    encoder: Option<&PseudoWordEncoder>,
 ) -> Result<Vec<Detections>> {
     let mut inputs = Vec::with_capacity(images.len());
     let mut scales = Vec::with_capacity(images.len());
@@ -516,7 +591,7 @@ pub fn detect_images(
     }
     let views: Vec<(&[f32], [usize; 2])> = inputs.iter().map(|(v, s)| (v.as_slice(), *s)).collect();
     let batch = ImageBatch::from_chw(&views, 32, device)?;
-    let mut dets = detect(model, &batch, text.clone(), is_novel, cfg)?;
+    let mut dets = detect(model, &batch, text.clone(), is_novel, cfg, encoder)?;
     for (d, [sx, sy]) in dets.iter_mut().zip(scales) {
         for b in d.boxes.0.iter_mut() {
             *b = [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy];
@@ -633,6 +708,7 @@ pub fn evaluate_val(
     name: &str,
     device: &Device,
     quiet: bool,
+    encoder: Option<&PseudoWordEncoder>,
 ) -> Result<EvalOutcome> {
     let t0 = Instant::now();
     let gt_path = data.instances_path("val");
@@ -664,6 +740,7 @@ pub fn evaluate_val(
             &cfg.inference,
             None,
             device,
+            encoder,
         )?;
         for ((im, rgb), d) in chunk.iter().zip(&rgbs).zip(&dets) {
             for i in 0..d.len() {
@@ -779,8 +856,18 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
         &cfg.teacher.templates,
         &paths.text_cache,
     )?;
+    // BARON reads pseudo-words with the teacher's text tower, in training and at inference.
+    let encoder = match cfg.distill.method {
+        DistillMethod::Baron => Some(PseudoWordEncoder::from_teacher(&teacher)?),
+        _ => None,
+    };
     drop(teacher);
-    let det_cfg = resolve_detector(&cfg.detector, dim)?;
+    let mut det_cfg = resolve_detector(&cfg.detector, dim)?;
+    if let Some(enc) = &encoder {
+        det_cfg.box_head.pseudo_words = cfg.distill.baron.pseudo_words;
+        det_cfg.box_head.word_dim = enc.width;
+        det_cfg.validate()?;
+    }
 
     let (spec, device) = ctx.device.resolve();
     if args.eval_only {
@@ -788,7 +875,17 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
         let model = load_detector(&ckpt, &det_cfg, &device)?;
         println!("evaluating {}", ckpt.display());
         return finish_eval(
-            &model, &data, &all, &text_all, dim, &cfg, &run, &args, &device, t0,
+            &model,
+            &data,
+            &all,
+            &text_all,
+            dim,
+            &cfg,
+            &run,
+            &args,
+            &device,
+            t0,
+            encoder.as_ref(),
         );
     }
     // The saved config is complete: the resolved detector and absolute paths, so `predict` and
@@ -805,11 +902,10 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
     ovkd_data::io::write_atomic(det_dir.join("config.toml"), resolved.as_bytes())?;
 
     let ad = device.clone().autodiff();
-    let loader = train_loader(&data, &base.ids, &cfg.train, &cfg.data)?;
-    let regions: Option<Arc<dyn RegionSource>> = if cfg.distill.image_weight > 0.0 {
+    let reader = if cfg.distill.needs_region_cache() {
         let reader = ovkd_teacher::cache::CacheReader::open(&paths.regions).with_context(|| {
             format!(
-                "opening the region-embedding cache {} (make it with `ovkd proposals` and `ovkd teacher embed`, or set distill.image_weight = 0)",
+                "opening the region-embedding cache {} (make it with `ovkd proposals` and `ovkd teacher embed`, or set distill.method = \"text\")",
                 paths.regions.display()
             )
         })?;
@@ -823,15 +919,66 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
     } else {
         None
     };
+    // PB-OVD: with pseudo boxes the detector trains on every class (the captions name novel
+    // ones too), with the pseudo boxes added to the base annotations.
+    let (loader, train_classes, text_train) = if cfg.distill.pseudo_boxes {
+        let reader = reader.as_deref().expect("opened above");
+        let (coco, report) = crate::cli::pseudo_boxes::augment_train_split(
+            &data,
+            &all,
+            &text_all,
+            dim,
+            reader,
+            &cfg.distill.pseudo_box,
+        )?;
+        ovkd_data::io::write_json_atomic(det_dir.join("pseudo_boxes.json"), &report, true)?;
+        println!("{}", report.summary());
+        let ds = ovkd_data::loader::DetectionDataset::from_coco(
+            coco,
+            data.instances_path("train"),
+            data.images_dir("train"),
+        )
+        .with_classes(all.ids.clone());
+        (
+            loader_of(Arc::new(ds), &cfg.train, &cfg.data)?,
+            all.clone(),
+            text_all.clone(),
+        )
+    } else {
+        (
+            train_loader(&data, &base.ids, &cfg.train, &cfg.data)?,
+            base.clone(),
+            text_base.clone(),
+        )
+    };
+    let regions: Option<Arc<dyn RegionSource>> = if cfg.distill.uses_vild_image() {
+        reader.map(|r| r as Arc<dyn RegionSource>)
+    } else {
+        None
+    };
     println!(
-        "detector: {} base classes ({} novel held out), {} training images, teacher dim {dim}, device {}; ViLD-image weight {}{}",
-        base.len(),
+        "detector: {} training classes ({} novel{}), {} training images, teacher dim {dim}, device {}; method {:?}{}{}",
+        train_classes.len(),
         all.len() - base.len(),
+        if cfg.distill.pseudo_boxes {
+            " trained on pseudo boxes"
+        } else {
+            " held out"
+        },
         loader.num_batches() * cfg.train.batch_size,
         spec.name(),
-        cfg.distill.image_weight,
+        cfg.distill.method,
         if regions.is_some() {
-            format!(" ({} cached images)", paths.regions.display())
+            format!(
+                ", ViLD-image weight {} ({} cached images)",
+                cfg.distill.image_weight,
+                paths.regions.display()
+            )
+        } else {
+            String::new()
+        },
+        if cfg.distill.method == DistillMethod::Baron {
+            format!(", bags {}", paths.bags.display())
         } else {
             String::new()
         }
@@ -844,12 +991,32 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
         regions,
         cfg.distill.clone(),
         DetTaskMode::Full,
-        tensor2(&text_base, base.len(), dim, &ad),
+        tensor2(&text_train, train_classes.len(), dim, &ad),
         cfg.train.seed,
         cfg.train.steps,
         ad.clone(),
     )?
     .with_prefetch(cfg.data.prefetch);
+    let task = match &encoder {
+        Some(enc) => {
+            let bags = BagCache::read_parquet(&paths.bags).with_context(|| {
+                format!(
+                    "reading BARON's bag cache {} (made by `ovkd proposals` with distill.method = \"baron\")",
+                    paths.bags.display()
+                )
+            })?;
+            if bags.num_bags() == 0 {
+                bail!("{}: the bag cache has no bags", paths.bags.display());
+            }
+            println!(
+                "BARON: {} cached bags of {} images",
+                bags.num_bags(),
+                bags.images.len()
+            );
+            task.with_baron(Arc::new(bags), enc.clone())?
+        }
+        None => task,
+    };
     let opts = LoopOptions {
         resume: args.common.resume,
         progress: !args.common.quiet,
@@ -874,7 +1041,17 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
     }
     let model = trained.model.valid();
     finish_eval(
-        &model, &data, &all, &text_all, dim, &cfg, &run, &args, &device, t0,
+        &model,
+        &data,
+        &all,
+        &text_all,
+        dim,
+        &cfg,
+        &run,
+        &args,
+        &device,
+        t0,
+        encoder.as_ref(),
     )
 }
 
@@ -890,6 +1067,7 @@ fn finish_eval(
     args: &TrainDetectorArgs,
     device: &Device,
     t0: Instant,
+    encoder: Option<&PseudoWordEncoder>,
 ) -> Result<()> {
     let out = evaluate_val(
         model,
@@ -902,6 +1080,7 @@ fn finish_eval(
         &args.eval_name,
         device,
         args.common.quiet,
+        encoder,
     )?;
     println!(
         "val ({:?} scores): {} ({:.1} s inference); {}",

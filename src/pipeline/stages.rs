@@ -266,7 +266,8 @@ fn detector_stages(ctx: &Context, exp: &Experiment, section: &toml::Table) -> Ve
     };
     vec![
         // The proposals (and their teacher embeddings) depend on the RPN's model, its own
-        // section, and the data and teacher; not on the detector's training settings.
+        // section, the data and teacher, and which caches the distillation method reads; not
+        // on the detector's training settings.
         mk(
             "proposals",
             &["data", "teacher"],
@@ -276,8 +277,14 @@ fn detector_stages(ctx: &Context, exp: &Experiment, section: &toml::Table) -> Ve
                 "detector.data",
                 "detector.teacher",
                 "detector.cache",
+                // What the caches hold: the region cache for ViLD-image and pseudo boxes,
+                // the bag cache for BARON.
+                "detector.distill.method",
+                "detector.distill.image_weight",
+                "detector.distill.pseudo_boxes",
+                "detector.distill.baron.bags",
             ],
-            vec!["proposals", "cache/regions"],
+            vec!["proposals", "cache/regions", "cache/bags.parquet"],
             |cfg, run| student_args(&["proposals"], cfg, run),
         ),
         mk(

@@ -8,6 +8,7 @@ use ovkd_detector::{
 use serde::{Deserialize, Serialize};
 
 use super::DetError;
+use super::pseudo_words::PseudoWordEncoder;
 
 /// Which head's class probabilities rank the detections.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -85,16 +86,18 @@ pub fn region_scores(
 }
 
 /// Detections of every image of `batch` (boxes in the batch's pixels; labels index
-/// `text_embeds` `[C, D]`).
+/// `text_embeds` `[C, D]`). With `encoder` (BARON), the text head's region embeddings are the
+/// regions' pseudo-words read by the teacher's text tower.
 pub fn detect(
     model: &Detector,
     batch: &ImageBatch,
     text_embeds: Tensor<2>,
     is_novel: &[bool],
     cfg: &InferenceConfig,
+    encoder: Option<&PseudoWordEncoder>,
 ) -> Result<Vec<Detections>, DetError> {
     Ok(
-        detect_with_proposals(model, batch, text_embeds, is_novel, cfg)?
+        detect_with_proposals(model, batch, text_embeds, is_novel, cfg, encoder)?
             .into_iter()
             .map(|(d, _)| d)
             .collect(),
@@ -109,6 +112,7 @@ pub fn detect_with_proposals(
     text_embeds: Tensor<2>,
     is_novel: &[bool],
     cfg: &InferenceConfig,
+    encoder: Option<&PseudoWordEncoder>,
 ) -> Result<Vec<(Detections, Boxes)>, DetError> {
     let c = text_embeds.dims()[0];
     if is_novel.len() != c {
@@ -124,9 +128,18 @@ pub fn detect_with_proposals(
             out.push((Detections::default(), p.proposals));
             continue;
         }
+        let region_embeds = match (encoder, p.pseudo_words) {
+            (Some(enc), Some(words)) => enc.encode_regions(words)?,
+            (Some(_), None) => {
+                return Err(DetError::Other(
+                    "a text-tower encoder was given but the detector makes no pseudo-words".into(),
+                ));
+            }
+            (None, _) => p.region_embeds,
+        };
         let scores = region_scores(
             model,
-            p.region_embeds,
+            region_embeds,
             p.image_embeds,
             text_embeds.clone(),
             is_novel,

@@ -19,7 +19,10 @@ use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
-use super::{DetDistillConfig, DetError, vild_image_loss};
+use super::bag_cache::BagCache;
+use super::baron::{BaronQueues, StepBag, baron_losses, draw_step_bags, member_boxes};
+use super::pseudo_words::PseudoWordEncoder;
+use super::{DetDistillConfig, DetError, DistillMethod, vild_image_loss};
 use crate::train::{StepOutput, TrainTask};
 
 /// What the task trains.
@@ -66,6 +69,17 @@ pub struct StepData {
     pub distill_boxes: Vec<Vec<[f32; 4]>>,
     /// The teacher's embeddings of those boxes, images in order: `[Q * D]`.
     pub teacher_embeds: Vec<f32>,
+    /// BARON's bags of this step (images in order), when BARON runs.
+    pub bags: Vec<StepBag>,
+}
+
+/// Sampled RoIs that are not background, over the batch.
+fn foreground_rois(samples: &[ovkd_detector::RoiSample]) -> usize {
+    samples
+        .iter()
+        .flat_map(|s| &s.labels)
+        .filter(|&&l| l != ovkd_detector::BACKGROUND)
+        .count()
 }
 
 /// A ChaCha8 stream for (seed, what, step, index).
@@ -81,7 +95,12 @@ pub fn step_rng(seed: u64, what: &str, step: usize, index: usize) -> ChaCha8Rng 
 
 /// Maps a box of the original image through the augmentation of image `j` of `meta`: scaled
 /// by `[sy, sx]`, mirrored when flipped, clipped to the augmented image.
-fn augment_box(b: [f32; 4], scale: [f32; 2], flipped: bool, size: [usize; 2]) -> [f32; 4] {
+pub(crate) fn augment_box(
+    b: [f32; 4],
+    scale: [f32; 2],
+    flipped: bool,
+    size: [usize; 2],
+) -> [f32; 4] {
     let [sy, sx] = scale;
     let (h, w) = (size[0] as f32, size[1] as f32);
     let mut out = [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy];
@@ -101,6 +120,7 @@ fn augment_box(b: [f32; 4], scale: [f32; 2], flipped: bool, size: [usize; 2]) ->
 pub fn step_data(
     loader: &DataLoader,
     regions: Option<&dyn RegionSource>,
+    bags: Option<&BagCache>,
     cfg: &DetDistillConfig,
     seed: u64,
     step: usize,
@@ -161,11 +181,32 @@ pub fn step_data(
             }
         }
     }
+    let mut step_bags = Vec::new();
+    if let Some(cache) = bags {
+        for j in 0..b {
+            let id = batch.meta.image_ids[j] as i64;
+            let Some(image_bags) = cache.images.get(&id) else {
+                continue;
+            };
+            let mut rng = step_rng(seed, "baron-bags", step, j);
+            step_bags.extend(draw_step_bags(
+                image_bags,
+                j,
+                id,
+                batch.meta.scales[j],
+                batch.meta.flipped[j],
+                batch.meta.image_sizes[j],
+                &cfg.baron,
+                &mut rng,
+            ));
+        }
+    }
     Ok(StepData {
         step,
         batch,
         distill_boxes,
         teacher_embeds,
+        bags: step_bags,
     })
 }
 
@@ -173,6 +214,8 @@ pub fn step_data(
 pub struct DetTask {
     loader: DataLoader,
     regions: Option<Arc<dyn RegionSource>>,
+    bags: Option<Arc<BagCache>>,
+    baron: Option<(PseudoWordEncoder, BaronQueues)>,
     cfg: DetDistillConfig,
     mode: DetTaskMode,
     /// `[C, D]` L2-normalised text embeddings of the training (base) classes.
@@ -206,7 +249,7 @@ impl DetTask {
                 "the detector normalises its inputs: the loader's augment.mean must be 0 and augment.std 1".into(),
             ));
         }
-        let uses_regions = mode == DetTaskMode::Full && cfg.image_weight > 0.0;
+        let uses_regions = mode == DetTaskMode::Full && cfg.uses_vild_image();
         if uses_regions && regions.is_none() {
             return Err(DetError::Other(
                 "ViLD-image (distill.image_weight > 0) needs the embedding cache".into(),
@@ -224,6 +267,8 @@ impl DetTask {
         Ok(Self {
             loader,
             regions: if uses_regions { regions } else { None },
+            bags: None,
+            baron: None,
             cfg,
             mode,
             text_embeds,
@@ -233,6 +278,31 @@ impl DetTask {
             device,
             ahead: None,
         })
+    }
+
+    /// BARON's inputs: the bag cache and the teacher's text tower. Required (and only
+    /// allowed) when `distill.method = "baron"` in [`DetTaskMode::Full`].
+    pub fn with_baron(
+        mut self,
+        bags: Arc<BagCache>,
+        encoder: PseudoWordEncoder,
+    ) -> Result<Self, DetError> {
+        if self.cfg.method != DistillMethod::Baron || self.mode != DetTaskMode::Full {
+            return Err(DetError::Other(
+                "bags given but distill.method is not \"baron\"".into(),
+            ));
+        }
+        let d = self.text_embeds.dims()[1];
+        if bags.num_bags() > 0 && bags.dim != d {
+            return Err(DetError::Other(format!(
+                "the bag cache has dimension {} but the text embeddings {d}",
+                bags.dim
+            )));
+        }
+        let queues = BaronQueues::new(self.cfg.baron.queue_size, d);
+        self.bags = Some(bags);
+        self.baron = Some((encoder, queues));
+        Ok(self)
     }
 
     /// Batches prepared ahead of the trainer (default 3; 0 loads each batch when needed).
@@ -247,6 +317,7 @@ impl DetTask {
             return step_data(
                 &self.loader,
                 self.regions.as_deref(),
+                self.bags.as_deref(),
                 &self.cfg,
                 self.seed,
                 step,
@@ -255,10 +326,12 @@ impl DetTask {
         if self.ahead.as_ref().is_none_or(|(next, _)| *next != step) {
             let loader = self.loader.clone();
             let regions = self.regions.clone();
+            let bags = self.bags.clone();
             let cfg = self.cfg.clone();
             let seed = self.seed;
-            let iter = (step..self.steps.max(step + 1))
-                .map(move |s| step_data(&loader, regions.as_deref(), &cfg, seed, s));
+            let iter = (step..self.steps.max(step + 1)).map(move |s| {
+                step_data(&loader, regions.as_deref(), bags.as_deref(), &cfg, seed, s)
+            });
             self.ahead = Some((step, Prefetch::spawn(iter, self.prefetch_depth)));
         }
         let (next, pf) = self.ahead.as_mut().expect("just set");
@@ -315,6 +388,9 @@ impl DetTask {
                         labels: l.clone(),
                     })
                     .collect();
+                if self.baron.is_some() {
+                    return self.baron_step(model, &data, &batch, &targets, &mut rng);
+                }
                 let distill: Option<Vec<Boxes>> = self.regions.as_ref().map(|_| {
                     data.distill_boxes
                         .iter()
@@ -343,12 +419,7 @@ impl DetTask {
                     }
                     _ => Tensor::zeros([1], &self.device),
                 };
-                let fg = out
-                    .samples
-                    .iter()
-                    .flat_map(|s| &s.labels)
-                    .filter(|&&l| l != ovkd_detector::BACKGROUND)
-                    .count();
+                let fg = foreground_rois(&out.samples);
                 let (rw, bw, tw) = (
                     self.cfg.rpn_weight,
                     self.cfg.box_weight,
@@ -373,9 +444,80 @@ impl DetTask {
     }
 }
 
+impl DetTask {
+    /// A BARON step: the detector with the bags' members as distillation boxes, then
+    /// classification, bag and single-region terms through the text tower.
+    fn baron_step(
+        &mut self,
+        model: &Detector,
+        data: &StepData,
+        batch: &ImageBatch,
+        targets: &[Targets],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<StepOutput, DetError> {
+        let n = batch.len();
+        let members = member_boxes(&data.bags, n);
+        let any = members.iter().any(|m| !m.is_empty());
+        let distill: Vec<Boxes> = members.into_iter().map(Boxes).collect();
+        let out = model
+            .forward_train(
+                batch,
+                targets,
+                self.text_embeds.clone(),
+                any.then_some(distill.as_slice()),
+                rng,
+            )
+            .map_err(|e| DetError::Other(e.to_string()))?;
+        let (encoder, queues) = self.baron.as_mut().expect("checked by the caller");
+        let (cls, bag, single, sequences) = baron_losses(
+            model,
+            encoder,
+            &out,
+            &data.bags,
+            self.text_embeds.clone(),
+            &self.cfg.baron,
+            queues,
+        )?;
+        let l = out.losses;
+        let fg = foreground_rois(&out.samples);
+        let (rw, bw) = (self.cfg.rpn_weight, self.cfg.box_weight);
+        Ok(StepOutput {
+            terms: vec![
+                ("rpn_objectness".into(), l.rpn_objectness.mul_scalar(rw)),
+                ("rpn_box_reg".into(), l.rpn_box_reg.mul_scalar(rw)),
+                ("baron_cls".into(), cls),
+                ("box_reg".into(), l.box_reg.mul_scalar(bw)),
+                ("baron_bag".into(), bag),
+                ("baron_single".into(), single),
+            ],
+            images: n,
+            extra: vec![
+                ("fg_rois".into(), fg as f64),
+                ("baron_bags".into(), data.bags.len() as f64),
+                ("baron_sequences".into(), sequences as f64),
+            ],
+        })
+    }
+}
+
 impl TrainTask<Detector> for DetTask {
     fn step(&mut self, model: &Detector, step: usize) -> Result<StepOutput, String> {
         self.run_step(model, step).map_err(|e| e.to_string())
+    }
+
+    fn extra_state(&self) -> serde_json::Value {
+        match &self.baron {
+            Some((_, queues)) => serde_json::to_value(queues).unwrap_or_default(),
+            None => serde_json::Value::Null,
+        }
+    }
+
+    fn restore(&mut self, extra: &serde_json::Value) {
+        if let Some((_, queues)) = self.baron.as_mut() {
+            if let Ok(q) = serde_json::from_value::<BaronQueues>(extra.clone()) {
+                *queues = q;
+            }
+        }
     }
 }
 

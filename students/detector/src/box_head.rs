@@ -58,6 +58,14 @@ pub struct BoxHeadConfig {
     /// Source of the ViLD-image embedding.
     #[serde(default)]
     pub image_branch: ImageBranch,
+    /// BARON: pseudo-words per region (0: no pseudo-word projection). The trunk's
+    /// representation is mapped linearly to `pseudo_words · word_dim` values, the words a frozen
+    /// text tower reads (the tower itself is not part of the student).
+    #[serde(default)]
+    pub pseudo_words: usize,
+    /// Width of one pseudo-word (the text tower's token-embedding width).
+    #[serde(default)]
+    pub word_dim: usize,
 }
 
 impl BoxHeadConfig {
@@ -73,6 +81,8 @@ impl BoxHeadConfig {
             embed_dim,
             temperature: 0.01,
             image_branch: ImageBranch::None,
+            pseudo_words: 0,
+            word_dim: 0,
         }
     }
 
@@ -140,6 +150,9 @@ impl BoxHeadConfig {
             )),
             image_trunk,
             image_projection,
+            word_projection: (self.pseudo_words > 0).then(|| {
+                LinearConfig::new(self.fc_dim, self.pseudo_words * self.word_dim).init(device)
+            }),
             temperature: self.temperature,
         }
     }
@@ -184,6 +197,8 @@ pub struct EmbeddingBoxHead {
     pub image_trunk: Option<Trunk>,
     /// Projection of the image branch, if any.
     pub image_projection: Option<Linear>,
+    /// BARON's pseudo-word projection: trunk → `[P · W]`.
+    pub word_projection: Option<Linear>,
     /// Softmax temperature of the cosine logits.
     pub temperature: f32,
 }
@@ -197,6 +212,8 @@ pub struct BoxHeadOutput {
     pub region_embeds: Tensor<2>,
     /// L2-normalised image-branch embeddings `[K, D]`, when the head has an image branch.
     pub image_embeds: Option<Tensor<2>>,
+    /// Pseudo-words `[K, P · W]` (word-major), when the head has a pseudo-word projection.
+    pub pseudo_words: Option<Tensor<2>>,
 }
 
 impl EmbeddingBoxHead {
@@ -210,7 +227,12 @@ impl EmbeddingBoxHead {
             };
             l2_normalize(proj.forward(rep))
         });
+        let pseudo_words = self
+            .word_projection
+            .as_ref()
+            .map(|p| p.forward(rep.clone()));
         BoxHeadOutput {
+            pseudo_words,
             box_deltas: self.bbox_pred.forward(rep.clone()),
             region_embeds: l2_normalize(self.projection.forward(rep)),
             image_embeds,
@@ -255,6 +277,22 @@ mod tests {
     }
 
     #[test]
+    fn pseudo_words_have_p_times_w_columns() {
+        let device = Device::default();
+        let cfg = BoxHeadConfig {
+            pseudo_words: 3,
+            word_dim: 8,
+            ..BoxHeadConfig::new(4, 32, 16)
+        };
+        let out = cfg.init(&device).forward(Tensor::<4>::random(
+            [5, 4, 7, 7],
+            Distribution::Default,
+            &device,
+        ));
+        assert_eq!(out.pseudo_words.map(|t| t.dims()), Some([5, 24]));
+    }
+
+    #[test]
     fn shapes_norms_and_logit_scale() {
         let device = Device::default();
         for (trunk, branch) in [
@@ -274,6 +312,7 @@ mod tests {
             assert_eq!(out.box_deltas.dims(), [3, 4]);
             assert_eq!(out.region_embeds.dims(), [3, 16]);
             assert_eq!(out.image_embeds.is_some(), branch != ImageBranch::None);
+            assert!(out.pseudo_words.is_none());
             let norms = out
                 .region_embeds
                 .clone()

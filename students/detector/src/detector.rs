@@ -111,6 +111,12 @@ impl DetectorConfig {
         if self.box_head.temperature <= 0.0 {
             return bad("box_head.temperature", "must be positive".into());
         }
+        if self.box_head.pseudo_words > 0 && self.box_head.word_dim == 0 {
+            return bad(
+                "box_head.word_dim",
+                "must be positive when box_head.pseudo_words > 0".into(),
+            );
+        }
         if self.pixel_std.iter().any(|&s| s <= 0.0) {
             return bad("pixel_std", "must be positive".into());
         }
@@ -251,6 +257,11 @@ pub struct TrainOutput {
     /// ViLD-image loss compares with the teacher's, `[Q, D]` — from the image branch when the
     /// head has one, else the region embeddings. `None` when no boxes were given.
     pub distill_embeds: Option<Tensor<2>>,
+    /// Pseudo-words of the sampled RoIs `[R, P · W]`, when the head makes them (BARON).
+    pub roi_pseudo_words: Option<Tensor<2>>,
+    /// Pseudo-words of the caller's `distill_boxes` `[Q, P · W]`, when the head makes them
+    /// and boxes were given.
+    pub distill_pseudo_words: Option<Tensor<2>>,
     /// RPN proposals per image (before sampling).
     pub proposals: Vec<Boxes>,
 }
@@ -268,6 +279,8 @@ pub struct RegionPredictions {
     pub region_embeds: Tensor<2>,
     /// L2-normalised image-branch embeddings `[N, D]`, when the head has an image branch.
     pub image_embeds: Option<Tensor<2>>,
+    /// Pseudo-words `[N, P · W]`, when the head makes them (BARON classifies through them).
+    pub pseudo_words: Option<Tensor<2>>,
 }
 
 /// The detector student.
@@ -429,6 +442,12 @@ impl Detector {
             head_rows(src, r..r + q)
         });
         debug_assert!(distill_embeds.as_ref().is_none_or(|t| t.dims() == [q, dim]));
+        let roi_pseudo_words = out.pseudo_words.clone().map(|t| head_rows(t, 0..r));
+        let distill_pseudo_words = out
+            .pseudo_words
+            .clone()
+            .filter(|_| q > 0)
+            .map(|t| head_rows(t, r..r + q));
         let RpnLosses {
             objectness,
             box_reg: rpn_box_reg,
@@ -444,6 +463,8 @@ impl Detector {
             roi_logits,
             roi_region_embeds,
             distill_embeds,
+            roi_pseudo_words,
+            distill_pseudo_words,
             proposals: rpn.proposals,
         })
     }
@@ -522,6 +543,7 @@ impl Detector {
                     boxes: Boxes::new(),
                     region_embeds: Tensor::zeros([0, dim], &device),
                     image_embeds: None,
+                    pseudo_words: None,
                 })
                 .collect();
         }
@@ -554,6 +576,10 @@ impl Detector {
                 boxes,
                 region_embeds: rows(&out.region_embeds),
                 image_embeds: out.image_embeds.as_ref().map(rows),
+                pseudo_words: out.pseudo_words.as_ref().map(|t| {
+                    let [_, pw] = t.dims();
+                    t.clone().slice([start..start + n, 0..pw])
+                }),
             });
             start += n;
         }
