@@ -432,7 +432,6 @@ fn ov_coco_vild_runs_every_stage_on_a_coco_2017_sample() {
 }
 
 #[test]
-#[ignore = "needs `distill.method` (BARON) in the detector config, from the baron branch"]
 fn ov_coco_baron_runs_every_stage_on_a_coco_2017_sample() {
     let tmp = tempfile::tempdir().unwrap();
     let coco = tmp.path().join("coco");

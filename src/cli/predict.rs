@@ -136,6 +136,8 @@ struct DetSource {
     /// The names' text embeddings, row-major [K, D].
     text: Vec<f32>,
     dim: usize,
+    /// A BARON detector's path from pseudo-words through the teacher's text tower.
+    encoder: Option<ovkd_distill::det::PseudoWordEncoder>,
 }
 
 /// The names of the base classes of a vocabulary, lowercase, synonyms included: a predicted
@@ -193,6 +195,13 @@ fn det_from_bundle(path: &Path, names: &[String], device: &Device) -> Result<Det
     let (bundle, teacher) = open_bundle(path, BundleTask::Det, &Device::flex())?;
     let settings: DetSettings = bundle.inference()?;
     let det_cfg: DetectorConfig = bundle.read_json(STUDENT_CONFIG)?;
+    if det_cfg.box_head.pseudo_words > 0 {
+        bail!(
+            "{}: a BARON detector (pseudo-words through the text tower), which bundles do not \
+             carry yet; predict with --checkpoint RUN",
+            path.display()
+        );
+    }
     let vocab = ovkd_data::Vocabulary::load(bundle.file(VOCAB))?;
     let per_class: Vec<Vec<String>> = names.iter().map(|n| vec![n.clone()]).collect();
     let text = teacher
@@ -207,6 +216,7 @@ fn det_from_bundle(path: &Path, names: &[String], device: &Device) -> Result<Det
         trained: base_names(&vocab),
         text: host_embeds(text)?,
         dim,
+        encoder: None,
     })
 }
 
@@ -261,6 +271,7 @@ fn det_from_checkpoint(args: &PredictArgs, names: &[String], device: &Device) ->
         trained,
         text,
         dim,
+        encoder,
     })
 }
 
@@ -286,6 +297,7 @@ fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
         trained,
         text,
         dim,
+        encoder,
     } = match &args.bundle {
         Some(b) => det_from_bundle(b, &names, &device)?,
         None => det_from_checkpoint(&args, &names, &device)?,

@@ -399,7 +399,7 @@ pub fn run(ctx: &Context, args: ProposalsArgs) -> Result<()> {
 /// the teacher's embedding of each bag's enclosing crop (1x) and of its centre (ViLD's 1x +
 /// 1.5x crops). The bags are drawn once, from `seed`.
 pub fn make_bag_cache(
-    data: &OvShapesDir,
+    data: &DatasetDir,
     set: &ProposalSet,
     teacher_path: &Path,
     cfg: &BagConfig,

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context as _, Result};
+use ovkd_data::DatasetDir;
 use ovkd_data::coco::{CocoAnnotation, CocoDataset};
-use ovkd_data::ov_shapes::OvShapesDir;
 use ovkd_distill::det::pseudo_boxes::{is_correct, named_classes, pseudo_boxes};
 use ovkd_distill::det::{PseudoBox, PseudoBoxConfig, RegionSource};
 use serde::Serialize;
@@ -62,7 +62,7 @@ impl PseudoBoxReport {
 /// report. `text_all` `[C * D]` embeds the classes of `all`; `regions` holds the teacher's
 /// embeddings of each training image's proposals.
 pub fn augment_train_split(
-    data: &OvShapesDir,
+    data: &DatasetDir,
     all: &ClassList,
     text_all: &[f32],
     dim: usize,
@@ -70,7 +70,16 @@ pub fn augment_train_split(
     cfg: &PseudoBoxConfig,
 ) -> Result<(CocoDataset, PseudoBoxReport)> {
     let mut coco = CocoDataset::read(data.instances_path("train"))?;
-    let captions: HashMap<u64, String> = data
+    // Captions name the classes an image holds; of the data sets ovkd reads, only OV-Shapes
+    // comes with them in a form the split carries.
+    let shapes = data.ov_shapes().with_context(|| {
+        format!(
+            "{}: pseudo boxes need the training images' captions, which only an OV-Shapes folder has \
+             (set distill.pseudo_boxes = false)",
+            data.root.display()
+        )
+    })?;
+    let captions: HashMap<u64, String> = shapes
         .captions("train")
         .with_context(|| format!("reading the captions of {}", data.root.display()))?
         .into_iter()
@@ -79,11 +88,9 @@ pub fn augment_train_split(
     let class_of: HashMap<u64, usize> =
         all.ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
     let by_image = coco.annotations_by_image();
-    let full_path = data.instances_full_path();
-    let full = if full_path.exists() {
-        Some(CocoDataset::read(&full_path)?)
-    } else {
-        None
+    let full = match data.instances_full_path() {
+        Some(p) if p.exists() => Some(CocoDataset::read(&p)?),
+        _ => None,
     };
     let full_by_image = full.as_ref().map(|f| f.annotations_by_image());
     let mut report = PseudoBoxReport {
