@@ -116,6 +116,7 @@ fn pipeline_skips_reruns_downstream_and_a_killed_run_ends_with_the_same_numbers(
         "data",
         "teacher",
         "proposals",
+        "embed",
         "train-detector",
         "eval",
         "export",
@@ -148,6 +149,26 @@ fn pipeline_skips_reruns_downstream_and_a_killed_run_ends_with_the_same_numbers(
         ["train-detector", "eval", "export", "report"],
         "{out}"
     );
+
+    // A different distillation weight changes what the caches must hold: the teacher embeds
+    // the same proposals again (`embed`), the RPN and its proposals are kept.
+    let out = ok(&[
+        "pipeline",
+        "--config",
+        s(&cfg),
+        "--run",
+        s(&a),
+        "--set",
+        "detector.train.steps=6",
+        "--set",
+        "detector.distill.image_weight=0.25",
+    ]);
+    assert_eq!(
+        ran(&out),
+        ["embed", "train-detector", "eval", "export", "report"],
+        "{out}"
+    );
+    assert!(a.join("cache/regions").is_dir(), "{out}");
 
     // Killed during training, then started again: the same numbers as the uninterrupted run.
     let b = tmp.path().join("b");

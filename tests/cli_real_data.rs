@@ -399,6 +399,7 @@ fn ov_coco_vild_runs_every_stage_on_a_coco_2017_sample() {
         "data",
         "teacher",
         "proposals",
+        "embed",
         "train-detector",
         "eval",
         "report",

@@ -54,6 +54,10 @@ pub struct ProposalsArgs {
     /// embed` does) nor BARON's bag cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Only fill the caches, from the proposals an earlier `ovkd proposals --no-cache` wrote
+    /// to `RUN/proposals/proposals.parquet` (the pipeline's `embed` stage).
+    #[arg(long, conflicts_with = "no_cache")]
+    pub cache_only: bool,
 }
 
 fn default_proposal_train() -> TrainConfig {
@@ -239,7 +243,14 @@ pub fn run(ctx: &Context, args: ProposalsArgs) -> Result<()> {
     let base = all.base();
     let p = &cfg.proposals;
 
+    let written = out_dir.join("proposals.parquet");
     let mut set = match &p.file {
+        _ if args.cache_only => read_proposal_file(&written).with_context(|| {
+            format!(
+                "--cache-only: reading the proposals {} (run `ovkd proposals --no-cache` first)",
+                written.display()
+            )
+        })?,
         Some(file) => {
             let mut s = read_proposal_file(file)?;
             s.truncate(p.top_k);
@@ -314,22 +325,10 @@ pub fn run(ctx: &Context, args: ProposalsArgs) -> Result<()> {
         }
     };
     set.truncate(p.top_k);
-    let file = out_dir.join("proposals.parquet");
-    set.write_parquet(&file)?;
-    let gt = data
-        .instances_full_path()
-        .unwrap_or_else(|| data.instances_path("train"));
-    let mut ks: Vec<usize> = [10, 50, 100].into_iter().filter(|&k| k < p.top_k).collect();
-    ks.push(p.top_k);
-    let recall = proposal_recall(&set, &gt, &all, &ks)?;
-    ovkd_data::io::write_json_atomic(out_dir.join("recall.json"), &recall, true)?;
-    println!("recall of {} by the proposals:", gt.display());
-    print_recall(&recall);
-    println!(
-        "wrote {} in {:.1} s",
-        file.display(),
-        t0.elapsed().as_secs_f64()
-    );
+    let file = written;
+    if !args.cache_only {
+        write_proposals(&set, &file, &data, &all, p.top_k, t0)?;
+    }
     if cfg.distill.needs_region_cache() && !args.no_cache {
         // ViLD-image reads the teacher's embeddings of these boxes from the cache: fill it
         // with the teacher's own command, so `ovkd pipeline` needs no separate stage.
@@ -392,6 +391,35 @@ pub fn run(ctx: &Context, args: ProposalsArgs) -> Result<()> {
             t_bags.elapsed().as_secs_f64()
         );
     }
+    Ok(())
+}
+
+/// Writes the proposals to `file` (Parquet) and their recall of the train split's objects
+/// beside it (`recall.json`), and prints both.
+fn write_proposals(
+    set: &ProposalSet,
+    file: &Path,
+    data: &DatasetDir,
+    all: &ClassList,
+    top_k: usize,
+    t0: Instant,
+) -> Result<()> {
+    set.write_parquet(file)?;
+    let gt = data
+        .instances_full_path()
+        .unwrap_or_else(|| data.instances_path("train"));
+    let mut ks: Vec<usize> = [10, 50, 100].into_iter().filter(|&k| k < top_k).collect();
+    ks.push(top_k);
+    let recall = proposal_recall(set, &gt, all, &ks)?;
+    let out_dir = file.parent().unwrap_or(Path::new("."));
+    ovkd_data::io::write_json_atomic(out_dir.join("recall.json"), &recall, true)?;
+    println!("recall of {} by the proposals:", gt.display());
+    print_recall(&recall);
+    println!(
+        "wrote {} in {:.1} s",
+        file.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

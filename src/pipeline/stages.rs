@@ -265,31 +265,36 @@ fn detector_stages(ctx: &Context, exp: &Experiment, section: &toml::Table) -> Ve
         }
     };
     vec![
-        // The proposals (and their teacher embeddings) depend on the RPN's model, its own
-        // section, the data and teacher, and which caches the distillation method reads; not
-        // on the detector's training settings.
+        // The proposals depend on the RPN's model, its own section and the data; not on the
+        // detector's training settings nor on the teacher.
         mk(
             "proposals",
-            &["data", "teacher"],
+            &["data"],
+            &["detector.detector", "detector.proposals", "detector.data"],
+            vec!["proposals"],
+            |cfg, run| student_args(&["proposals", "--no-cache"], cfg, run),
+        ),
+        // The teacher's embeddings of those proposals: what the caches hold depends on the
+        // distillation method (the region cache for ViLD-image and pseudo boxes, the bag cache
+        // for BARON).
+        mk(
+            "embed",
+            &["proposals", "teacher"],
             &[
-                "detector.detector",
                 "detector.proposals",
-                "detector.data",
                 "detector.teacher",
                 "detector.cache",
-                // What the caches hold: the region cache for ViLD-image and pseudo boxes,
-                // the bag cache for BARON.
                 "detector.distill.method",
                 "detector.distill.image_weight",
                 "detector.distill.pseudo_boxes",
                 "detector.distill.baron.bags",
             ],
-            vec!["proposals", "cache/regions", "cache/bags.parquet"],
-            |cfg, run| student_args(&["proposals"], cfg, run),
+            vec!["cache/regions", "cache/bags.parquet"],
+            |cfg, run| student_args(&["proposals", "--cache-only"], cfg, run),
         ),
         mk(
             "train-detector",
-            &["proposals"],
+            &["embed"],
             &["detector"],
             vec![
                 "detector",
