@@ -7,17 +7,15 @@
 //! RoI sampling see the same ground truth. The text embeddings the classifier scores against are
 //! random unit vectors (their values do not change the work).
 
-use std::time::Instant;
-
 use anyhow::{Result, bail};
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::AdamWConfig;
 use burn::tensor::{Device, Distribution, Tensor};
 use ovkd_backbone::norm::NormKind;
 use ovkd_detector::{Boxes, DetectorConfig, ImageBatch, Targets};
 use rand::SeedableRng;
 
-use crate::PhaseTimes;
-use crate::synth::{ms, unit, unit_rows};
+use crate::synth::{unit, unit_rows};
+use crate::{PhaseTimes, time_training};
 
 /// Options of the `detector` workload.
 #[derive(clap::Args, Debug)]
@@ -80,7 +78,7 @@ pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<
     }
     let ad = device.clone().autodiff();
     ad.seed(0);
-    let mut model = cfg.init(&ad)?;
+    let model = cfg.init(&ad)?;
     let mut optim = AdamWConfig::new()
         .with_epsilon(1e-8)
         .with_weight_decay(1e-2)
@@ -96,22 +94,8 @@ pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<
         .collect();
     let text_embeds = unit_rows(args.classes, args.embed_dim, device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut times = PhaseTimes::default();
-    for step in 0..warmup + steps {
-        let t0 = Instant::now();
+    time_training(model, &mut optim, 1e-4, &ad, warmup, steps, |model| {
         let out = model.forward_train(&batch, &targets, text_embeds.clone(), None, &mut rng)?;
-        let loss = out.losses.total();
-        ad.sync()?;
-        let forward = ms(t0);
-        let t1 = Instant::now();
-        let grads = loss.backward();
-        ad.sync()?;
-        let backward = ms(t1);
-        let t2 = Instant::now();
-        let grads = GradientsParams::from_grads(grads, &model);
-        model = optim.step(1e-4, model, grads);
-        ad.sync()?;
-        times.push(step >= warmup, forward, backward, ms(t2), ms(t0));
-    }
-    Ok(times)
+        Ok(out.losses.total())
+    })
 }

@@ -92,3 +92,41 @@ impl PhaseTimes {
         }
     }
 }
+
+/// Times `warmup + steps` training steps of `model` (the first `warmup` untimed): the forward
+/// pass and loss (`loss_of`), `backward`, and the optimizer update at `lr`, each phase closed
+/// by a sync of the autodiff device `ad` so that asynchronous backends are timed whole.
+pub fn time_training<M: burn::module::Module>(
+    mut model: M,
+    optim: &mut burn::optim::ModuleOptimizer,
+    lr: f64,
+    ad: &burn::tensor::Device,
+    warmup: usize,
+    steps: usize,
+    mut loss_of: impl FnMut(&M) -> Result<burn::tensor::Tensor<1>>,
+) -> Result<PhaseTimes> {
+    use std::time::Instant;
+    let mut times = PhaseTimes::default();
+    for step in 0..warmup + steps {
+        let t0 = Instant::now();
+        let loss = loss_of(&model)?;
+        ad.sync()?;
+        let forward = synth::ms(t0);
+        let t1 = Instant::now();
+        let grads = loss.backward();
+        ad.sync()?;
+        let backward = synth::ms(t1);
+        let t2 = Instant::now();
+        let grads = burn::optim::GradientsParams::from_grads(grads, &model);
+        model = optim.step(lr, model, grads);
+        ad.sync()?;
+        times.push(
+            step >= warmup,
+            forward,
+            backward,
+            synth::ms(t2),
+            synth::ms(t0),
+        );
+    }
+    Ok(times)
+}

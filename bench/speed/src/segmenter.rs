@@ -6,16 +6,14 @@
 //! The label map is a fixed pattern of 16-pixel blocks (`label_at`, the same formula in
 //! `reference.py`); the class text embeddings are random unit vectors.
 
-use std::time::Instant;
-
 use anyhow::Result;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::AdamWConfig;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use ovkd_distill::seg::cross_entropy_ignore;
 use ovkd_segmenter::SegmenterConfig;
 
-use crate::PhaseTimes;
-use crate::synth::{ms, unit_rows};
+use crate::synth::unit_rows;
+use crate::{PhaseTimes, time_training};
 
 /// Options of the `segmenter` workload.
 #[derive(clap::Args, Debug)]
@@ -41,7 +39,7 @@ pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<
     let cfg = SegmenterConfig::default();
     let ad = device.clone().autodiff();
     ad.seed(0);
-    let mut model = cfg.init(&ad)?;
+    let model = cfg.init(&ad)?;
     let mut optim = AdamWConfig::new()
         .with_epsilon(1e-8)
         .with_weight_decay(1e-2)
@@ -56,22 +54,8 @@ pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<
     }
     let labels = Tensor::<3, Int>::from_data(TensorData::new(labels, [b, s, s]), &ad);
     let class_embeds = unit_rows(args.classes, cfg.embed_dim, device);
-    let mut times = PhaseTimes::default();
-    for step in 0..warmup + steps {
-        let t0 = Instant::now();
+    time_training(model, &mut optim, 1e-3, &ad, warmup, steps, |model| {
         let out = model.forward(images.clone(), class_embeds.clone());
-        let loss = cross_entropy_ignore(out.logits, labels.clone());
-        ad.sync()?;
-        let forward = ms(t0);
-        let t1 = Instant::now();
-        let grads = loss.backward();
-        ad.sync()?;
-        let backward = ms(t1);
-        let t2 = Instant::now();
-        let grads = GradientsParams::from_grads(grads, &model);
-        model = optim.step(1e-3, model, grads);
-        ad.sync()?;
-        times.push(step >= warmup, forward, backward, ms(t2), ms(t0));
-    }
-    Ok(times)
+        Ok(cross_entropy_ignore(out.logits, labels.clone()))
+    })
 }

@@ -6,19 +6,16 @@
 //! random labels; AdamW (lr 1e-3, PyTorch's defaults: betas 0.9/0.999, eps 1e-8, weight decay
 //! 1e-2).
 
-use std::time::Instant;
-
 use anyhow::Result;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::AdamWConfig;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
 
-use crate::PhaseTimes;
-use crate::synth::ms;
+use crate::{PhaseTimes, time_training};
 
 /// Options of the `smallnet` workload.
 #[derive(clap::Args, Debug)]
@@ -96,7 +93,7 @@ pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<
     };
     let ad = device.clone().autodiff();
     ad.seed(0);
-    let mut model = SmallNet::new(&ad, fast);
+    let model = SmallNet::new(&ad, fast);
     let mut optim = AdamWConfig::new()
         .with_epsilon(1e-8)
         .with_weight_decay(1e-2)
@@ -109,22 +106,8 @@ pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<
     );
     let labels: Vec<i64> = (0..args.batch as i64).map(|i| (i * 7) % 10).collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [args.batch]), &ad);
-    let mut times = PhaseTimes::default();
-    for step in 0..warmup + steps {
-        let t0 = Instant::now();
+    time_training(model, &mut optim, 1e-3, &ad, warmup, steps, |model| {
         let logits = model.forward(x.clone());
-        let loss = loss_fn.forward(logits, y.clone());
-        ad.sync()?;
-        let forward = ms(t0);
-        let t1 = Instant::now();
-        let grads = loss.backward();
-        ad.sync()?;
-        let backward = ms(t1);
-        let t2 = Instant::now();
-        let grads = GradientsParams::from_grads(grads, &model);
-        model = optim.step(1e-3, model, grads);
-        ad.sync()?;
-        times.push(step >= warmup, forward, backward, ms(t2), ms(t0));
-    }
-    Ok(times)
+        Ok(loss_fn.forward(logits, y.clone()))
+    })
 }
