@@ -4,6 +4,8 @@
 //! export stage's bundles, moved away with the run, its teacher and its data deleted, predict
 //! exactly what `ovkd predict --checkpoint` did on the run; a corrupt or missing file is named.
 
+mod common;
+use common::{ok, ovkd, s};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -57,30 +59,6 @@ seed = 4
 batch = 2
 draw = 1
 "#;
-
-fn ovkd(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ovkd"))
-        .args(["--device", "cpu"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn ok(args: &[&str]) -> String {
-    let (success, text) = ovkd(args);
-    assert!(success, "ovkd {args:?} failed:\n{text}");
-    text
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn experiment(dir: &Path) -> PathBuf {
     let p = dir.join("tiny.toml");

@@ -4,8 +4,9 @@
 //! fixture as the teacher: every stage runs and writes well-formed evaluations and a report.
 //! The shipped configs themselves also parse and validate at full size.
 
+mod common;
+use common::{ok, ovkd, s};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use image::{Rgb, RgbImage};
 use ovkd_data::semantic::SemanticMask;
@@ -15,31 +16,6 @@ use serde_json::{Value, json};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ovkd(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ovkd"))
-        .current_dir(root())
-        .args(["--device", "cpu"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn ok(args: &[&str]) -> String {
-    let (success, text) = ovkd(args);
-    assert!(success, "ovkd {args:?} failed:\n{text}");
-    text
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn read_json(p: &Path) -> Value {
