@@ -952,7 +952,7 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
         )
     };
     let regions: Option<Arc<dyn RegionSource>> = if cfg.distill.uses_vild_image() {
-        reader.map(|r| r as Arc<dyn RegionSource>)
+        reader.clone().map(|r| r as Arc<dyn RegionSource>)
     } else {
         None
     };
@@ -984,6 +984,22 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
         }
     );
 
+    // Modality-gap centring of ViLD-image's targets: the mean of the regions it can draw.
+    let teacher_mean = match (&regions, &reader) {
+        (Some(src), Some(r)) if cfg.distill.center_teacher => {
+            let mean = ovkd_distill::det::region_mean(
+                src.as_ref(),
+                &r.image_ids(),
+                cfg.distill.image_top_k,
+            )?;
+            let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt();
+            println!(
+                "ViLD-image: targets centred on the teacher's mean region embedding (norm {norm:.3})"
+            );
+            Some(mean)
+        }
+        _ => None,
+    };
     ad.seed(cfg.train.seed);
     let model = det_cfg.init(&ad)?;
     let task = DetTask::new(
@@ -997,6 +1013,10 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
         ad.clone(),
     )?
     .with_prefetch(cfg.data.prefetch);
+    let task = match teacher_mean {
+        Some(mean) => task.with_teacher_mean(mean)?,
+        None => task,
+    };
     let task = match &encoder {
         Some(enc) => {
             let bags = BagCache::read_parquet(&paths.bags).with_context(|| {

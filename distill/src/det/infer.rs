@@ -2,6 +2,8 @@
 //! text and image heads, then per-class NMS, a score threshold and the top-k per image.
 
 use burn::tensor::Tensor;
+use burn::tensor::activation::softmax;
+use ovkd_detector::box_head::l2_normalize;
 use ovkd_detector::{
     Boxes, Detections, Detector, ImageBatch, PostprocessConfig, select_detections, vild_ensemble,
 };
@@ -20,7 +22,9 @@ pub enum ScoreSource {
     /// The image head alone (the embedding ViLD-image trains).
     Image,
     /// ViLD-ensemble: per class, `text^λ · image^(1−λ)` for base classes and
-    /// `text^(1−λ) · image^λ` for novel ones. Needs a head with an image branch.
+    /// `text^(1−λ) · image^λ` for novel ones. Needs a head with an image branch. With
+    /// `background_from_text`, the two heads' class distributions are taken without the
+    /// background and the result is scaled by the text head's object probability.
     Ensemble,
 }
 
@@ -34,6 +38,18 @@ pub struct InferenceConfig {
     pub scores: ScoreSource,
     /// The ensemble's λ (ViLD: 2/3).
     pub lambda: f32,
+    /// Ensemble only: whether a region is an object at all is the text head's call
+    /// (`1 − p_background`, the head that cross-entropy trained on background RoIs); both
+    /// heads only rank the classes (softmax without the background), and the geometric mean
+    /// of those is scaled by it. The image head is trained on no background: its own
+    /// background probability says nothing, and a background region whose teacher embedding
+    /// lies near a novel class's text would otherwise score that class at ~1.
+    pub background_from_text: bool,
+    /// Softmax temperature of the image head's cosine logits in the ensemble (None: the box
+    /// head's). ViLD-image distils the teacher's image embeddings, whose cosines with the
+    /// class texts are calibrated by the teacher's own logit scale (CLIP: 1/100 .. 1/14), not
+    /// by the 0.01 that ViLD-text learns to fill.
+    pub image_temperature: Option<f32>,
 }
 
 impl Default for InferenceConfig {
@@ -42,6 +58,8 @@ impl Default for InferenceConfig {
             postprocess: PostprocessConfig::default(),
             scores: ScoreSource::Text,
             lambda: 2.0 / 3.0,
+            background_from_text: true,
+            image_temperature: None,
         }
     }
 }
@@ -77,12 +95,60 @@ pub fn region_scores(
     Ok(match cfg.scores {
         ScoreSource::Text => to_vec(model.class_probs(region_embeds, text_embeds)),
         ScoreSource::Image => to_vec(model.class_probs(image()?, text_embeds)),
+        ScoreSource::Ensemble if cfg.background_from_text => {
+            let c = text_embeds.dims()[0];
+            let t_img = cfg
+                .image_temperature
+                .unwrap_or(model.box_head.temperature);
+            let im = to_vec(softmax(
+                image()?
+                    .matmul(l2_normalize(text_embeds.clone()).transpose())
+                    .div_scalar(t_img),
+                1,
+            ));
+            let tx = to_vec(model.class_probs(region_embeds, text_embeds));
+            ensemble_with_text_objectness(&tx, &im, is_novel, cfg.lambda, c)
+        }
         ScoreSource::Ensemble => {
             let im = to_vec(model.class_probs(image()?, text_embeds.clone()));
             let tx = to_vec(model.class_probs(region_embeds, text_embeds));
             vild_ensemble(&tx, &im, is_novel, cfg.lambda)
         }
     })
+}
+
+/// The ViLD ensemble with the background decided by the text head alone: `text_probs` `[N, C]`
+/// are the text head's probabilities (softmax over background + classes, background dropped),
+/// `image_class_probs` `[N, C]` the image head's softmax over the classes only. Per region,
+/// `p_obj = Σ_c text[c]`; the text head's class distribution `text / p_obj` and the image
+/// head's are combined per class as [`vild_ensemble`] does, and scaled by `p_obj`.
+pub fn ensemble_with_text_objectness(
+    text_probs: &[f32],
+    image_class_probs: &[f32],
+    is_novel: &[bool],
+    lambda: f32,
+    c: usize,
+) -> Vec<f32> {
+    assert_eq!(c, is_novel.len(), "ensemble: one base/novel flag per class");
+    assert_eq!(
+        text_probs.len(),
+        image_class_probs.len(),
+        "ensemble: shapes differ"
+    );
+    let mut out = Vec::with_capacity(text_probs.len());
+    for (tx, im) in text_probs
+        .chunks_exact(c)
+        .zip(image_class_probs.chunks_exact(c))
+    {
+        let p_obj: f32 = tx.iter().sum();
+        let cond: Vec<f32> = tx.iter().map(|t| t / p_obj.max(1e-12)).collect();
+        out.extend(
+            vild_ensemble(&cond, im, is_novel, lambda)
+                .into_iter()
+                .map(|s| s * p_obj),
+        );
+    }
+    out
 }
 
 /// Detections of every image of `batch` (boxes in the batch's pixels; labels index
@@ -149,4 +215,32 @@ pub fn detect_with_proposals(
         out.push((d, p.proposals));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A background region (text head: p_background 0.98) whose image embedding sits on a
+    /// novel class (image head: 0.99 for it) must not score that class high; an object the
+    /// text head calls a base class keeps the ensemble's ranking, scaled by its objectness.
+    #[test]
+    fn background_comes_from_the_text_head() {
+        let is_novel = [false, true];
+        // Text head: background 0.98 / base 0.01 / novel 0.01; then an object, base 0.7 /
+        // novel 0.2 (background 0.1).
+        let text = [0.01, 0.01, 0.7, 0.2];
+        let image = [0.01, 0.99, 0.6, 0.4];
+        let s = ensemble_with_text_objectness(&text, &image, &is_novel, 2.0 / 3.0, 2);
+        assert!(s[0] < 0.02 && s[1] < 0.02, "{s:?}");
+        // The plain ensemble lets the image head's novel score through: 0.01^(1/3)·0.99^(2/3).
+        let plain = vild_ensemble(&text, &image, &is_novel, 2.0 / 3.0);
+        assert!(plain[1] > 0.2, "{plain:?}");
+        // Object: p_obj 0.9; class-conditional text 7/9 and 2/9.
+        let base = (0.7f32 / 0.9).powf(2.0 / 3.0) * 0.6f32.powf(1.0 / 3.0) * 0.9;
+        let novel = (0.2f32 / 0.9).powf(1.0 / 3.0) * 0.4f32.powf(2.0 / 3.0) * 0.9;
+        assert!((s[2] - base).abs() < 1e-6 && (s[3] - novel).abs() < 1e-6, "{s:?}");
+        // No score exceeds the text head's object probability.
+        assert!(s[2] <= 0.9 && s[3] <= 0.9);
+    }
 }

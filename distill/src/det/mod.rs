@@ -30,7 +30,7 @@ pub use proposals::{ImageProposals, ProposalSet, RecallStats, best_iou};
 pub use pseudo_boxes::{PseudoBox, PseudoBoxConfig};
 pub use pseudo_words::PseudoWordEncoder;
 pub use task::{DetTask, DetTaskMode, RegionSource, StepData};
-pub use vild_image::vild_image_loss;
+pub use vild_image::{center_targets, region_mean, vild_image_loss};
 
 /// Errors of the detector distillation code.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +96,17 @@ pub struct DetDistillConfig {
     /// Cached proposals whose side is shorter than this after augmentation (pixels) are not
     /// used (their pooled features are mostly padding).
     pub min_region_size: f32,
+    /// ViLD-image draws its regions only from each image's best `image_top_k` cached
+    /// proposals (the cache keeps them best first, by RPN objectness); 0: from all of them.
+    /// ViLD distils the top-scoring proposals: the low-ranked ones are mostly background, whose
+    /// teacher embeddings are the teacher's common image component and nothing else.
+    pub image_top_k: usize,
+    /// Modality-gap centring: subtract the mean of the teacher's region embeddings (over the
+    /// regions ViLD-image can draw) from every ViLD-image target and renormalise. A CLIP
+    /// teacher's image embeddings share a large common component that no text embedding has;
+    /// distilled as is, it makes every region look like the classes whose texts lie nearest
+    /// that component.
+    pub center_teacher: bool,
     /// Weight of the RPN's objectness and box losses.
     pub rpn_weight: f32,
     /// Weight of the box head's regression loss.
@@ -113,6 +124,8 @@ impl Default for DetDistillConfig {
             image_weight: 0.5,
             image_regions_per_image: 64,
             min_region_size: 2.0,
+            image_top_k: 0,
+            center_teacher: false,
             rpn_weight: 1.0,
             box_weight: 1.0,
         }

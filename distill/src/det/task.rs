@@ -116,12 +116,15 @@ pub(crate) fn augment_box(
 }
 
 /// Loads step `step`'s batch and regions (a pure function of the loader's settings, the
-/// sources, `cfg`, `seed` and `step`).
+/// sources, `cfg`, `teacher_mean`, `seed` and `step`). With `teacher_mean` `[D]`
+/// (`distill.center_teacher`), it is removed from the teacher's embeddings, which are then
+/// renormalised ([`super::center_targets`]).
 pub fn step_data(
     loader: &DataLoader,
     regions: Option<&dyn RegionSource>,
     bags: Option<&BagCache>,
     cfg: &DetDistillConfig,
+    teacher_mean: Option<&[f32]>,
     seed: u64,
     step: usize,
 ) -> Result<StepData, DetError> {
@@ -152,7 +155,12 @@ pub fn step_data(
                     boxes.len()
                 )));
             }
-            let usable: Vec<(usize, [f32; 4])> = boxes
+            let ranked = if cfg.image_top_k == 0 {
+                boxes.len()
+            } else {
+                cfg.image_top_k.min(boxes.len())
+            };
+            let usable: Vec<(usize, [f32; 4])> = boxes[..ranked]
                 .iter()
                 .enumerate()
                 .map(|(k, &bx)| {
@@ -179,6 +187,15 @@ pub fn step_data(
                 distill_boxes[j].push(bx);
                 teacher_embeds.extend_from_slice(&embeds[row * d..(row + 1) * d]);
             }
+        }
+        if let Some(mean) = teacher_mean {
+            if mean.len() != d {
+                return Err(DetError::Other(format!(
+                    "the teacher mean has {} values for embeddings of dimension {d}",
+                    mean.len()
+                )));
+            }
+            super::center_targets(&mut teacher_embeds, mean);
         }
     }
     let mut step_bags = Vec::new();
@@ -217,6 +234,8 @@ pub struct DetTask {
     bags: Option<Arc<BagCache>>,
     baron: Option<(PseudoWordEncoder, BaronQueues)>,
     cfg: DetDistillConfig,
+    /// The mean teacher region embedding ViLD-image's targets are centred on, if any.
+    teacher_mean: Option<Arc<Vec<f32>>>,
     mode: DetTaskMode,
     /// `[C, D]` L2-normalised text embeddings of the training (base) classes.
     text_embeds: Tensor<2>,
@@ -270,6 +289,7 @@ impl DetTask {
             bags: None,
             baron: None,
             cfg,
+            teacher_mean: None,
             mode,
             text_embeds,
             seed,
@@ -305,6 +325,20 @@ impl DetTask {
         Ok(self)
     }
 
+    /// Centre ViLD-image's targets on `mean` `[D]` (`distill.center_teacher`; see
+    /// [`super::region_mean`]).
+    pub fn with_teacher_mean(mut self, mean: Vec<f32>) -> Result<Self, DetError> {
+        let d = self.text_embeds.dims()[1];
+        if mean.len() != d {
+            return Err(DetError::Other(format!(
+                "the teacher mean has {} values but the text embeddings dimension {d}",
+                mean.len()
+            )));
+        }
+        self.teacher_mean = Some(Arc::new(mean));
+        Ok(self)
+    }
+
     /// Batches prepared ahead of the trainer (default 3; 0 loads each batch when needed).
     pub fn with_prefetch(mut self, depth: usize) -> Self {
         self.prefetch_depth = depth;
@@ -319,6 +353,7 @@ impl DetTask {
                 self.regions.as_deref(),
                 self.bags.as_deref(),
                 &self.cfg,
+                self.teacher_mean.as_deref().map(Vec::as_slice),
                 self.seed,
                 step,
             );
@@ -328,9 +363,18 @@ impl DetTask {
             let regions = self.regions.clone();
             let bags = self.bags.clone();
             let cfg = self.cfg.clone();
+            let mean = self.teacher_mean.clone();
             let seed = self.seed;
             let iter = (step..self.steps.max(step + 1)).map(move |s| {
-                step_data(&loader, regions.as_deref(), bags.as_deref(), &cfg, seed, s)
+                step_data(
+                    &loader,
+                    regions.as_deref(),
+                    bags.as_deref(),
+                    &cfg,
+                    mean.as_deref().map(Vec::as_slice),
+                    seed,
+                    s,
+                )
             });
             self.ahead = Some((step, Prefetch::spawn(iter, self.prefetch_depth)));
         }
