@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""What ViLD-image distils (diagnostic): the teacher's cached region embeddings of the
+proposals, split by what each proposal covers (a base object or a novel object at IoU >= 0.5
+with train/instances_full.json, or background at IoU < 0.3), against the class texts, raw and
+with the mean region embedding removed (distill.center_teacher).
+
+    python3 bench/det_region_targets.py TEACHER_DIR OV_SHAPES_DIR CACHE_DIR [TOP_K]
+
+TOP_K: use only each image's best K cached proposals (distill.image_top_k; 0 = all). Text
+embeddings: "a photo of a {name}." averaged over a class's name and synonyms (transformers'
+CLIPModel on ovkd's checkpoint). Needs torch, transformers, tokenizers, pyarrow.
+"""
+import sys, json, os, numpy as np, torch, pyarrow.parquet as pq, tomllib
+from transformers import CLIPModel
+from tokenizers import Tokenizer
+teacher, data, cache = sys.argv[1], sys.argv[2], sys.argv[3]
+TOPK = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+m = CLIPModel.from_pretrained(teacher).eval()
+tok = Tokenizer.from_file(teacher + '/tokenizer.json')
+voc = tomllib.load(open(data + '/vocab.toml', 'rb'))['class']
+names = [c['name'] for c in voc]; novel = np.array([c['split'] == 'novel' for c in voc])
+cid = {c['id']: i for i, c in enumerate(voc)}
+def temb(ns):
+    toks = [tok.encode(f"a photo of a {n}.").ids for n in ns]
+    L = max(map(len, toks)); pad = toks[0][-1]
+    x = torch.tensor([t + [pad] * (L - len(t)) for t in toks])
+    with torch.no_grad():
+        e = torch.nn.functional.normalize(m.text_projection(m.text_model(input_ids=x).pooler_output), dim=-1)
+    e = e.mean(0); return (e / e.norm()).numpy()
+T = np.stack([temb([c['name']] + c.get('synonyms', [])) for c in voc])  # [C, D]
+D = T.shape[1]
+import glob
+if os.path.exists(cache + '/index.parquet'):
+    ix = pq.read_table(cache + '/index.parquet').to_pydict()
+else:
+    parts = [pq.read_table(p).to_pydict() for p in sorted(glob.glob(cache + '/index-*/part-*.parquet'))]
+    ix = {k: sum((p[k] for p in parts), []) for k in parts[0]}
+shards = {}
+def shard(s):
+    if s not in shards:
+        shards[s] = np.fromfile(os.path.join(cache, s), dtype=np.float16).reshape(-1, D).astype(np.float32)
+    return shards[s]
+n = len(ix['image_id'])
+E = np.stack([shard(ix['shard'][i])[ix['offset'][i]] for i in range(n)])
+B = np.stack([ix[k] for k in ('x1', 'y1', 'x2', 'y2')], 1)
+img = np.array(ix['image_id'])
+# rank of each region within its image (rows are best first within an image, by offset)
+order = np.lexsort((np.array(ix['offset']), img))
+rank = np.zeros(n, int); last = None; r = 0
+for j in order:
+    if img[j] != last: last = img[j]; r = 0
+    rank[j] = r; r += 1
+gt = json.load(open(data + '/train/instances_full.json'))
+by = {}
+for a in gt['annotations']:
+    x, y, w, h = a['bbox']; by.setdefault(a['image_id'], []).append(([x, y, x + w, y + h], cid[a['category_id']]))
+def iou(b, g):
+    ix1, iy1 = max(b[0], g[0]), max(b[1], g[1]); ix2, iy2 = min(b[2], g[2]), min(b[3], g[3])
+    inter = max(0, ix2 - ix1) * max(0, iy2 - iy1)
+    u = (b[2] - b[0]) * (b[3] - b[1]) + (g[2] - g[0]) * (g[3] - g[1]) - inter
+    return inter / u if u > 0 else 0
+best = np.zeros(n); lab = -np.ones(n, int)
+for i in range(n):
+    for g, c in by.get(int(img[i]), []):
+        v = iou(B[i], g)
+        if v > best[i]: best[i], lab[i] = v, c
+keep = np.ones(n, bool) if TOPK == 0 else rank < TOPK
+print(f"regions {n} (used: {keep.sum()}, top-k {TOPK or 'all'}), D {D}")
+cat = np.where(best >= 0.5, np.where(novel[np.maximum(lab, 0)], 1, 0), np.where(best < 0.3, 2, 3))
+names_cat = ['base obj (IoU>=.5)', 'novel obj (IoU>=.5)', 'background (IoU<.3)']
+for c in range(3): print(f"  {names_cat[c]}: {(keep & (cat == c)).sum()}")
+mu_all = E[keep].mean(0)
+print(f"|mean region embed| {np.linalg.norm(mu_all):.3f}; nearest texts of the mean:",
+      ', '.join(f"{names[k]}{'*' if novel[k] else ''} {v:.2f}" for k, v in sorted(enumerate(T @ (mu_all / np.linalg.norm(mu_all))), key=lambda kv: -kv[1])[:5]))
+def report(X, tag):
+    S = X @ T.T
+    print(f"\n== {tag}")
+    for c in range(3):
+        sel = keep & (cat == c)
+        s = S[sel]
+        line = f"  {names_cat[c]:22s} max cos base texts {s[:, ~novel].max(1).mean():.3f}, max cos novel texts {s[:, novel].max(1).mean():.3f}"
+        if c < 2:
+            own = s[np.arange(len(s)), lab[sel]]; line += f", own text {own.mean():.3f}"
+            am = s.argmax(1)
+            line += f"; zero-shot top-1 (all classes) {(am == lab[sel]).mean():.3f}"
+            if c == 1:
+                sn = s[:, novel]; line += f", among novel only {(np.array(np.where(novel)[0])[sn.argmax(1)] == lab[sel]).mean():.3f}"
+        else:
+            am = s.argmax(1)
+            line += f"; argmax is novel for {novel[am].mean():.3f}"
+        print(line)
+        if c == 2:
+            cnt = np.bincount(s.argmax(1), minlength=len(names))
+            print('    background argmax histogram:', ', '.join(f"{names[k]}{'*' if novel[k] else ''} {cnt[k]}" for k in np.argsort(-cnt)[:5]))
+report(E, 'raw teacher region embeds')
+C = E - mu_all; C /= np.linalg.norm(C, axis=1, keepdims=True)
+report(C, 'centred (minus the mean of the used regions), renormalised')
+print("\nzero-shot top-1 (all classes) by IoU with the best GT, raw / centred:")
+for lo, hi in [(0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.01)]:
+    for nv, tag in [(False, 'base'), (True, 'novel')]:
+        sel = keep & (best >= lo) & (best < hi) & (lab >= 0) & (novel[np.maximum(lab, 0)] == nv)
+        if sel.sum() == 0: continue
+        a = ((E[sel] @ T.T).argmax(1) == lab[sel]).mean(); b = ((C[sel] @ T.T).argmax(1) == lab[sel]).mean()
+        print(f"  IoU [{lo:.1f}, {hi:.1f}) {tag:5s} n={sel.sum():5d}: {a:.3f} / {b:.3f}")
