@@ -106,8 +106,21 @@ pub fn region_scores(
                     .div_scalar(t_img),
                 1,
             ));
-            let tx = to_vec(model.class_probs(region_embeds, text_embeds));
-            ensemble_with_text_objectness(&tx, &im, is_novel, cfg.lambda, c)
+            // The text head as it was trained: background + the base classes only.
+            let base: Vec<usize> = (0..c).filter(|&k| !is_novel[k]).collect();
+            let tx = if base.is_empty() {
+                Vec::new()
+            } else {
+                let ids = Tensor::<1, burn::tensor::Int>::from_data(
+                    burn::tensor::TensorData::new(
+                        base.iter().map(|&k| k as i64).collect::<Vec<_>>(),
+                        [base.len()],
+                    ),
+                    &text_embeds.device(),
+                );
+                to_vec(model.class_probs(region_embeds, text_embeds.select(0, ids)))
+            };
+            ensemble_with_text_objectness(&tx, &im, is_novel, cfg.lambda)
         }
         ScoreSource::Ensemble => {
             let im = to_vec(model.class_probs(image()?, text_embeds.clone()));
@@ -117,36 +130,50 @@ pub fn region_scores(
     })
 }
 
-/// The ViLD ensemble with the background decided by the text head alone: `text_probs` `[N, C]`
-/// are the text head's probabilities (softmax over background + classes, background dropped),
-/// `image_class_probs` `[N, C]` the image head's softmax over the classes only. Per region,
-/// `p_obj = Σ_c text[c]`; the text head's class distribution `text / p_obj` and the image
-/// head's are combined per class as [`vild_ensemble`] does, and scaled by `p_obj`.
+/// The ViLD ensemble with the background decided by the text head alone, and the novel
+/// classes by the image head alone.
+///
+/// `text_base_probs` `[N, Cb]`: the text head's softmax over the background and the `Cb` base
+/// classes (as it was trained), background dropped; `image_class_probs` `[N, C]`: the image
+/// head's softmax over all `C` classes (no background: it was never trained on one);
+/// `is_novel` `[C]` (the base classes, in order, are the columns of `text_base_probs`).
+/// Per region, `p_obj = Σ text`; base class `c`: `(text[c] / p_obj)^λ · image[c]^(1−λ)`
+/// (ViLD's weights); novel class: `image[c]` (the text head never saw a novel class: its
+/// scores for one only say which base class the text resembles); each times `p_obj`.
 pub fn ensemble_with_text_objectness(
-    text_probs: &[f32],
+    text_base_probs: &[f32],
     image_class_probs: &[f32],
     is_novel: &[bool],
     lambda: f32,
-    c: usize,
 ) -> Vec<f32> {
-    assert_eq!(c, is_novel.len(), "ensemble: one base/novel flag per class");
-    assert_eq!(
-        text_probs.len(),
-        image_class_probs.len(),
-        "ensemble: shapes differ"
+    let c = is_novel.len();
+    let cb = is_novel.iter().filter(|n| !**n).count();
+    assert!(
+        c > 0 && image_class_probs.len() % c == 0,
+        "ensemble: image scores must be [N, C]"
     );
-    let mut out = Vec::with_capacity(text_probs.len());
-    for (tx, im) in text_probs
-        .chunks_exact(c)
-        .zip(image_class_probs.chunks_exact(c))
-    {
+    let n = image_class_probs.len() / c;
+    assert_eq!(
+        text_base_probs.len(),
+        n * cb,
+        "ensemble: text scores must be [N, base classes]"
+    );
+    let mut out = Vec::with_capacity(n * c);
+    for r in 0..n {
+        let tx = &text_base_probs[r * cb..(r + 1) * cb];
+        let im = &image_class_probs[r * c..(r + 1) * c];
         let p_obj: f32 = tx.iter().sum();
-        let cond: Vec<f32> = tx.iter().map(|t| t / p_obj.max(1e-12)).collect();
-        out.extend(
-            vild_ensemble(&cond, im, is_novel, lambda)
-                .into_iter()
-                .map(|s| s * p_obj),
-        );
+        let mut b = 0;
+        for k in 0..c {
+            let s = if is_novel[k] {
+                im[k]
+            } else {
+                let t = tx[b] / p_obj.max(1e-12);
+                b += 1;
+                t.max(0.0).powf(lambda) * im[k].max(0.0).powf(1.0 - lambda)
+            };
+            out.push(s * p_obj);
+        }
     }
     out
 }
@@ -222,25 +249,28 @@ mod tests {
     use super::*;
 
     /// A background region (text head: p_background 0.98) whose image embedding sits on a
-    /// novel class (image head: 0.99 for it) must not score that class high; an object the
-    /// text head calls a base class keeps the ensemble's ranking, scaled by its objectness.
+    /// novel class (image head: 0.99 for it) must not score that class high; an object keeps
+    /// the image head's ranking of the novel classes and the ensemble's of the base ones,
+    /// scaled by its objectness.
     #[test]
     fn background_comes_from_the_text_head() {
-        let is_novel = [false, true];
-        // Text head: background 0.98 / base 0.01 / novel 0.01; then an object, base 0.7 /
-        // novel 0.2 (background 0.1).
-        let text = [0.01, 0.01, 0.7, 0.2];
-        let image = [0.01, 0.99, 0.6, 0.4];
-        let s = ensemble_with_text_objectness(&text, &image, &is_novel, 2.0 / 3.0, 2);
-        assert!(s[0] < 0.02 && s[1] < 0.02, "{s:?}");
-        // The plain ensemble lets the image head's novel score through: 0.01^(1/3)·0.99^(2/3).
-        let plain = vild_ensemble(&text, &image, &is_novel, 2.0 / 3.0);
+        // Classes: base, novel, base.
+        let is_novel = [false, true, false];
+        // Text head over (background, base 0, base 2), background dropped.
+        let text = [0.01, 0.01, 0.6, 0.3];
+        let image = [0.005, 0.99, 0.005, 0.5, 0.3, 0.2];
+        let s = ensemble_with_text_objectness(&text, &image, &is_novel, 2.0 / 3.0);
+        assert_eq!(s.len(), 6);
+        assert!(s[..3].iter().all(|&v| v <= 0.02), "{s:?}");
+        // The plain ensemble over a text head that includes the novel class lets the image
+        // head's novel score through: 0.01^(1/3) · 0.99^(2/3) > 0.2.
+        let plain = vild_ensemble(&[0.01, 0.01, 0.01], &image[..3], &is_novel, 2.0 / 3.0);
         assert!(plain[1] > 0.2, "{plain:?}");
-        // Object: p_obj 0.9; class-conditional text 7/9 and 2/9.
-        let base = (0.7f32 / 0.9).powf(2.0 / 3.0) * 0.6f32.powf(1.0 / 3.0) * 0.9;
-        let novel = (0.2f32 / 0.9).powf(1.0 / 3.0) * 0.4f32.powf(2.0 / 3.0) * 0.9;
-        assert!((s[2] - base).abs() < 1e-6 && (s[3] - novel).abs() < 1e-6, "{s:?}");
+        // Object: p_obj 0.9; base 0: (0.6/0.9)^(2/3) · 0.5^(1/3) · 0.9; novel: 0.3 · 0.9.
+        let base = (0.6f32 / 0.9).powf(2.0 / 3.0) * 0.5f32.powf(1.0 / 3.0) * 0.9;
+        assert!((s[3] - base).abs() < 1e-6, "{s:?}");
+        assert!((s[4] - 0.27).abs() < 1e-6, "{s:?}");
         // No score exceeds the text head's object probability.
-        assert!(s[2] <= 0.9 && s[3] <= 0.9);
+        assert!(s[3..].iter().all(|&v| v <= 0.9 + 1e-6));
     }
 }
