@@ -826,7 +826,7 @@ pub fn summary_line(report: &ovkd_eval::DetReport) -> String {
 /// Runs `ovkd train detector`.
 pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
     let t0 = Instant::now();
-    let cfg = load_config(&args.common.config, &args.common.sets)?;
+    let mut cfg = load_config(&args.common.config, &args.common.sets)?;
     let run = args.common.run.clone();
     let paths = RunPaths::new(&cfg, &run);
     let det_dir = run.join("detector");
@@ -863,6 +863,25 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
     };
     drop(teacher);
     let mut det_cfg = resolve_detector(&cfg.detector, dim)?;
+    // Only ViLD-image trains an image branch: without it (text only, BARON) the branch would be
+    // untrained weights and any score that reads it noise, so there is none, and the text
+    // head scores (the sweep switches methods on one config).
+    if !cfg.distill.uses_vild_image() {
+        if det_cfg.box_head.image_branch != ovkd_detector::ImageBranch::None {
+            println!(
+                "distill.method {:?} trains no image branch: detector.box_head.image_branch = none",
+                cfg.distill.method
+            );
+            det_cfg.box_head.image_branch = ovkd_detector::ImageBranch::None;
+        }
+        if cfg.eval.inference.scores != ovkd_distill::det::ScoreSource::Text {
+            println!(
+                "distill.method {:?} trains no image head: eval.inference.scores = text",
+                cfg.distill.method
+            );
+            cfg.eval.inference.scores = ovkd_distill::det::ScoreSource::Text;
+        }
+    }
     if let Some(enc) = &encoder {
         det_cfg.box_head.pseudo_words = cfg.distill.baron.pseudo_words;
         det_cfg.box_head.word_dim = enc.width;
