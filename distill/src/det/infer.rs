@@ -97,9 +97,7 @@ pub fn region_scores(
         ScoreSource::Image => to_vec(model.class_probs(image()?, text_embeds)),
         ScoreSource::Ensemble if cfg.background_from_text => {
             let c = text_embeds.dims()[0];
-            let t_img = cfg
-                .image_temperature
-                .unwrap_or(model.box_head.temperature);
+            let t_img = cfg.image_temperature.unwrap_or(model.box_head.temperature);
             let im = to_vec(softmax(
                 image()?
                     .matmul(l2_normalize(text_embeds.clone()).transpose())
