@@ -327,6 +327,10 @@ fn baron_with_pseudo_boxes_end_to_end_and_a_bad_method_named() {
     // The saved detector has the pseudo-word projection; predict reads it through the tower.
     let saved = std::fs::read_to_string(run.join("detector/config.toml")).unwrap();
     assert!(saved.contains("pseudo_words = 3"), "{saved}");
+    // BARON trains no ViLD-image branch, so the config's shared-trunk branch is dropped
+    // (untrained weights would only make noise in any score that read them).
+    assert!(saved.contains("image_branch = \"none\""), "{saved}");
+    assert!(out.contains("trains no image branch"), "{out}");
     let img = std::fs::read_dir(data.join("val/images"))
         .unwrap()
         .next()

@@ -106,9 +106,20 @@ pub fn region_scores(
             ));
             // The text head as it was trained: background + the base classes only.
             let base: Vec<usize> = (0..c).filter(|&k| !is_novel[k]).collect();
-            let tx = if base.is_empty() {
-                Vec::new()
-            } else {
+            if base.is_empty() {
+                // No base class asked for (e.g. `ovkd predict --classes` with novel names
+                // only): the object probability from the background against the classes asked.
+                let tx = to_vec(model.class_probs(region_embeds, text_embeds));
+                return Ok(tx
+                    .chunks_exact(c)
+                    .zip(im.chunks_exact(c))
+                    .flat_map(|(t, i)| {
+                        let p_obj: f32 = t.iter().sum();
+                        i.iter().map(move |v| v * p_obj)
+                    })
+                    .collect());
+            }
+            let tx = {
                 let ids = Tensor::<1, burn::tensor::Int>::from_data(
                     burn::tensor::TensorData::new(
                         base.iter().map(|&k| k as i64).collect::<Vec<_>>(),
