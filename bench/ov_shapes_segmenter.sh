@@ -18,7 +18,7 @@
 #   ovkd predict --task seg --classes <vocabulary>   -> RUN/eval/seg_pred/*.png
 #   ovkd eval seg --vocab RUN/data/vocab.toml        -> RUN/eval/seg.json (seen/unseen mIoU, hIoU)
 # then the same train/predict/eval for the ablation rows under RUN/ablation/{lseg,pseudo}
-# (sharing RUN/cache, the teacher's dense features): LSeg alone, + MaskCLIP+ pseudo-labels
+# (sharing RUN/cache, the teacher's dense features): LSeg alone, + teacher pseudo-labels
 # (no self-training); the full run above is "+ self-training". The table goes to stdout and
 # RUN/eval/ablation.md. RUN/time.txt holds the wall time of the main experiment (data to
 # RUN/eval/seg.json, build excluded, ablation excluded); RUN/stages.txt each stage's seconds.
@@ -151,7 +151,7 @@ def load(*parts):
 rows = [
     ("teacher zero-shot (MaskCLIP, no training)", load("eval", "seg_teacher.json")),
     ("LSeg alone", load("ablation", "lseg", "eval", "seg.json")),
-    ("+ MaskCLIP+ pseudo-labels", load("ablation", "pseudo", "eval", "seg.json")),
+    ("+ teacher pseudo-labels (distill.pseudo.from)", load("ablation", "pseudo", "eval", "seg.json")),
     ("+ self-training (full)", load("eval", "seg.json")),
 ]
 pct = lambda x: "-" if x is None else f"{100 * x:.1f}"
