@@ -4,7 +4,11 @@
 # ablation the issue asks for.
 #
 #   bench/ov_shapes_segmenter.sh RUN_DIR [--preset quick|default|large] [--set KEY=VALUE ...]
-#                                [--no-ablation]
+#                                [--no-ablation] [--data DIR] [--teacher DIR]
+#
+# --data / --teacher (or the DATA / TEACHER environment variables) link an existing OV-Shapes
+# folder of the same preset / an existing teacher checkpoint into RUN_DIR instead of making them
+# (their stages are then skipped and not in the wall time; say so next to the number).
 #
 # Stages, each an `ovkd` command a user would type:
 #   ovkd data synth --preset P                       -> RUN/data (reused if the preset matches)
@@ -14,25 +18,30 @@
 #   ovkd predict --task seg --classes <vocabulary>   -> RUN/eval/seg_pred/*.png
 #   ovkd eval seg --vocab RUN/data/vocab.toml        -> RUN/eval/seg.json (seen/unseen mIoU, hIoU)
 # then the same train/predict/eval for the ablation rows under RUN/ablation/{lseg,pseudo}
-# (sharing RUN/cache, the teacher's dense features): LSeg alone, + MaskCLIP+ pseudo-labels
+# (sharing RUN/cache, the teacher's dense features): LSeg alone, + teacher pseudo-labels
 # (no self-training); the full run above is "+ self-training". The table goes to stdout and
 # RUN/eval/ablation.md. RUN/time.txt holds the wall time of the main experiment (data to
 # RUN/eval/seg.json, build excluded, ablation excluded); RUN/stages.txt each stage's seconds.
 # C is configs/segmenter/ov_shapes.toml (ov_shapes_quick.toml for --preset quick); --set
-# overrides it for every row. Delete RUN_DIR for a run from nothing.
+# overrides it for every row. Delete RUN_DIR for a run from nothing. OVKD=path runs that binary
+# instead of building this checkout's.
 set -euo pipefail
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [[ $# -ge 1 ]] || usage
 RUN=$1; shift
 PRESET=default
 SETS=()
 ABLATION=1
+DATA_IN=${DATA:-}
+TEACHER_IN=${TEACHER:-}
 while [[ $# -gt 0 ]]; do
   case $1 in
     --preset) PRESET=$2; shift 2 ;;
     --set) SETS+=(--set "$2"); shift 2 ;;
     --no-ablation) ABLATION=0; shift ;;
+    --data) DATA_IN=$2; shift 2 ;;
+    --teacher) TEACHER_IN=$2; shift 2 ;;
     -h|--help) usage ;;
     *) echo "unknown argument: $1" >&2; usage ;;
   esac
@@ -45,8 +54,12 @@ esac
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-cargo build --release --quiet -p ovkd
-OVKD="$ROOT/target/release/ovkd"
+# OVKD=path runs that binary instead of building this checkout's (a copy taken right after a
+# build is safe from other worktrees sharing the build directory).
+if [[ -z ${OVKD:-} ]]; then
+  cargo build --release --quiet -p ovkd
+  OVKD="$ROOT/target/release/ovkd"
+fi
 mkdir -p "$RUN"
 RUN=$(cd "$RUN" && pwd)
 LOG="$RUN/bench.log"
@@ -62,6 +75,16 @@ stage() {  # stage NAME CMD...: runs CMD, logs it, records its seconds
   "$@" 2>&1 | tee -a "$LOG" | grep -v '^\s*$' | sed "s/^/[$name] /" >&2
   printf '%s %.1f\n' "$name" "$(echo "$(now) - $t" | bc)" >> "$RUN/stages.txt"
 }
+
+for pair in "data:$DATA_IN" "teacher:$TEACHER_IN"; do
+  name=${pair%%:*} src=${pair#*:}
+  if [[ -n $src ]]; then
+    [[ -d $src ]] || { echo "--$name $src: not a folder" >&2; exit 2; }
+    rm -rf "${RUN:?}/$name"
+    ln -sfn "$(cd "$src" && pwd)" "$RUN/$name"
+    echo "using $src as $RUN/$name" >&2
+  fi
+done
 
 T0=$(now)
 if [[ -f "$RUN/data/meta.json" ]] && grep -q "\"preset\": *\"$PRESET\"" "$RUN/data/meta.json"; then
@@ -128,7 +151,7 @@ def load(*parts):
 rows = [
     ("teacher zero-shot (MaskCLIP, no training)", load("eval", "seg_teacher.json")),
     ("LSeg alone", load("ablation", "lseg", "eval", "seg.json")),
-    ("+ MaskCLIP+ pseudo-labels", load("ablation", "pseudo", "eval", "seg.json")),
+    ("+ teacher pseudo-labels (distill.pseudo.from)", load("ablation", "pseudo", "eval", "seg.json")),
     ("+ self-training (full)", load("eval", "seg.json")),
 ]
 pct = lambda x: "-" if x is None else f"{100 * x:.1f}"

@@ -16,6 +16,7 @@ use ovkd_distill::seg::cache::dense_features;
 use ovkd_distill::seg::dataset::{NO_LABEL, SegTrainSet};
 use ovkd_distill::seg::evaluate::student_label_maps;
 use ovkd_distill::seg::pseudo::teacher_pseudo_map;
+use ovkd_distill::seg::regions::{RegionConfig, region_pseudo_map};
 use ovkd_distill::seg::task::SegTaskInputs;
 use ovkd_distill::seg::{
     DenseMaps, DenseTeacher, MaskClipConfig, PseudoLabelConfig, SegDistillConfig, SegTask,
@@ -64,6 +65,27 @@ impl DenseTeacher for ColourTeacher {
         let v: Vec<f32> = classes.iter().flat_map(|n| colour_of(&n[0])).collect();
         Ok(Tensor::from_data(
             TensorData::new(v, [classes.len(), D]),
+            &Device::default(),
+        ))
+    }
+    fn region_embeds(&self, image: &RgbImage, boxes: &[[f32; 4]]) -> Result<Tensor<2>, String> {
+        let mut v = Vec::new();
+        for b in boxes {
+            let mut m = [0f32; 3];
+            let mut n = 0f32;
+            for y in b[1] as u32..b[3] as u32 {
+                for x in b[0] as u32..b[2] as u32 {
+                    let p = image.get_pixel(x, y);
+                    for c in 0..3 {
+                        m[c] += p[c] as f32 / 255.0;
+                    }
+                    n += 1.0;
+                }
+            }
+            v.extend(unit([m[0] / n, m[1] / n, m[2] / n, 0.3]));
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(v, [boxes.len(), D]),
             &Device::default(),
         ))
     }
@@ -315,6 +337,34 @@ fn teacher_pseudo_labels_fill_only_unlabelled_pixels() {
             .iter()
             .all(|&p| p == NO_LABEL)
     );
+}
+
+#[test]
+fn region_pseudo_labels_fill_each_unlabelled_region_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ip, lp) = scene(dir.path(), "a", true);
+    let img = ovkd_data::loader::load_rgb(&ip).unwrap();
+    let gt = SemanticMask::read(&lp).unwrap();
+    let teacher = ColourTeacher;
+    let cand = teacher
+        .class_embeds(&names(&["green", "red"]), &[])
+        .unwrap();
+    let cfg = RegionConfig::default();
+    let map = region_pseudo_map(&cfg, 0.9, &teacher, &img, cand.clone(), &[3, 1], &gt).unwrap();
+    for (i, (&p, &g)) in map.iter().zip(gt.as_slice()).enumerate() {
+        // Every pixel of the unlabelled (green) square, edges included, and nothing else.
+        let want = if g == 255 { 3 } else { NO_LABEL };
+        assert_eq!(p, want, "pixel {i} (ground truth {g})");
+    }
+    // An impossible threshold fills nothing; regions below min_pixels are skipped.
+    let none = region_pseudo_map(&cfg, 1.01, &teacher, &img, cand.clone(), &[3, 1], &gt).unwrap();
+    assert!(none.iter().all(|&p| p == NO_LABEL));
+    let big = RegionConfig {
+        min_pixels: 145,
+        ..cfg
+    };
+    let none = region_pseudo_map(&big, 0.9, &teacher, &img, cand, &[3, 1], &gt).unwrap();
+    assert!(none.iter().all(|&p| p == NO_LABEL));
 }
 
 fn self_training_task(ip: &Path, lp: &Path, pseudo: Arc<Vec<Vec<u8>>>, device: &Device) -> SegTask {

@@ -7,6 +7,7 @@
 //! RUN/segmenter/config.toml        the resolved config
 //! RUN/segmenter/ckpt-NNNNNN/       checkpoints; metrics.csv, metrics.parquet
 //! RUN/segmenter/pseudo_labels.json what the teacher's pseudo-labels cover and how precise they are
+//! RUN/segmenter/text_embeds.json   the class and background text embeddings the run used
 //! RUN/cache/seg-dense-*.safetensors the teacher's dense features (reused by later runs)
 //! RUN/eval/seg.json                the student's mIoU (`ovkd eval seg --out` format)
 //! RUN/eval/seg_teacher.json        the teacher's zero-shot MaskCLIP mIoU, the floor
@@ -28,9 +29,13 @@ use ovkd_data::transforms::AugmentConfig;
 use ovkd_distill::seg::cache::{TeacherFeatures, dense_features};
 use ovkd_distill::seg::dataset::{NO_LABEL, SegTrainSet};
 use ovkd_distill::seg::evaluate::{student_label_maps, teacher_label_map};
+use ovkd_distill::seg::maskclip::center_embeds;
 use ovkd_distill::seg::pseudo::teacher_pseudo_map;
+use ovkd_distill::seg::regions::region_pseudo_map;
 use ovkd_distill::seg::task::SegTaskInputs;
-use ovkd_distill::seg::{Candidates, DenseMaps, DenseTeacher, SegDistillConfig, SegTask};
+use ovkd_distill::seg::{
+    Candidates, DenseMaps, DenseTeacher, PseudoFrom, SegDistillConfig, SegTask,
+};
 use ovkd_distill::train::{Checkpoints, LoopOptions, TrainConfig, train};
 use ovkd_segmenter::{BackgroundKind, InferenceMode, Segmenter, SegmenterConfig};
 use ovkd_teacher::embed::Teacher;
@@ -347,6 +352,30 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
     .map_err(anyhow::Error::msg)
     .context("embedding the background names")?;
 
+    // The text side of the run, for inspection and offline analysis of the teacher's maps.
+    let read2 = |t: &Tensor<2>| -> Result<Vec<Vec<f32>>> {
+        let [_, d] = t.dims();
+        let v = t
+            .clone()
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading text embeddings: {e:?}"))?;
+        Ok(v.chunks(d.max(1)).map(<[f32]>::to_vec).collect())
+    };
+    ovkd_data::io::write_json_atomic(
+        seg_dir.join("text_embeds.json"),
+        &serde_json::json!({
+            "templates": cfg.distill.templates,
+            "names": classes.names,
+            "ids": classes.ids,
+            "novel": classes.novel,
+            "class_embeds": read2(&all_embeds)?,
+            "background_names": cfg.distill.background_names,
+            "background_embed": read2(&bg_embed)?,
+        }),
+        false,
+    )?;
+
     let train_pairs = split_pairs(&data, "train")?;
     let val_pairs = split_pairs(&data, "val")?;
     let cache = run.join("cache");
@@ -395,12 +424,56 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
         val_coverage: f64::NAN,
         val_precision: f64::NAN,
     };
-    for (i, (_, lp)) in val_pairs.iter().enumerate() {
+    // The mean dense embedding that centring removes: the training images' when the teacher
+    // sees them, else the val images' (no labels are used either way).
+    let train_feats = if uses_teacher {
+        Some(Arc::new(features(
+            &teacher,
+            &train_pairs,
+            &cfg,
+            &cache.join(format!("seg-dense-train-{size}.safetensors")),
+            "train images (teacher)",
+            args.common.quiet,
+        )?))
+    } else {
+        None
+    };
+    let center = cfg.distill.pseudo.maskclip.center.then(|| {
+        train_feats
+            .as_deref()
+            .unwrap_or(&val_feats)
+            .mean_embed(&device)
+    });
+    let dense_maps = |f: &TeacherFeatures, i: usize| DenseMaps {
+        embeds: match &center {
+            Some(m) => center_embeds(f.embeds(i, &device), m.clone()),
+            None => f.embeds(i, &device),
+        },
+        keys: f.keys(i, &device),
+    };
+    let pseudo_map = |maps: &DenseMaps, image: &Path, gt: &SemanticMask| -> Result<Vec<u8>> {
+        Ok(match cfg.distill.pseudo.from {
+            PseudoFrom::Dense => teacher_pseudo_map(
+                &cfg.distill.pseudo,
+                maps,
+                cand_embeds.clone(),
+                &cand_values,
+                gt,
+            ),
+            PseudoFrom::Regions => region_pseudo_map(
+                &cfg.distill.pseudo.regions,
+                cfg.distill.pseudo.threshold,
+                &teacher,
+                &ovkd_data::loader::load_rgb(image)?,
+                cand_embeds.clone(),
+                &cand_values,
+                gt,
+            )?,
+        })
+    };
+    for (i, (ip, lp)) in val_pairs.iter().enumerate() {
         let gt = SemanticMask::read(lp)?;
-        let maps = DenseMaps {
-            embeds: val_feats.embeds(i, &device),
-            keys: val_feats.keys(i, &device),
-        };
+        let maps = dense_maps(&val_feats, i);
         let map = teacher_label_map(
             &cfg.distill.pseudo.maskclip,
             &maps,
@@ -418,13 +491,7 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
                 *v = 255;
             }
         }
-        let pm = teacher_pseudo_map(
-            &cfg.distill.pseudo,
-            &maps,
-            cand_embeds.clone(),
-            &cand_values,
-            &hidden,
-        );
+        let pm = pseudo_map(&maps, ip, &hidden)?;
         for ((&p, &h), &g) in pm.iter().zip(hidden.as_slice()).zip(gt.as_slice()) {
             if h == 255 && g != 255 {
                 stats.val_novel_pixels += 1;
@@ -448,36 +515,14 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
     );
 
     // Pseudo-labels for the training images.
-    let train_feats = if uses_teacher {
-        Some(Arc::new(features(
-            &teacher,
-            &train_pairs,
-            &cfg,
-            &cache.join(format!("seg-dense-train-{size}.safetensors")),
-            "train images (teacher)",
-            args.common.quiet,
-        )?))
-    } else {
-        None
-    };
     let mut dataset = SegTrainSet::new(train_pairs.clone());
     if cfg.distill.pseudo.enabled {
         let feats = train_feats.as_ref().expect("computed above");
         let b = bar(train_pairs.len(), "pseudo-label maps", args.common.quiet);
         let mut maps = Vec::with_capacity(train_pairs.len());
-        for (i, (_, lp)) in train_pairs.iter().enumerate() {
+        for (i, (ip, lp)) in train_pairs.iter().enumerate() {
             let gt = SemanticMask::read(lp)?;
-            let dm = DenseMaps {
-                embeds: feats.embeds(i, &device),
-                keys: feats.keys(i, &device),
-            };
-            let m = teacher_pseudo_map(
-                &cfg.distill.pseudo,
-                &dm,
-                cand_embeds.clone(),
-                &cand_values,
-                &gt,
-            );
+            let m = pseudo_map(&dense_maps(feats, i), ip, &gt)?;
             stats.train_unlabelled_pixels +=
                 gt.as_slice().iter().filter(|&&v| v == 255).count() as u64;
             stats.train_filled_pixels += m.iter().filter(|&&p| p != NO_LABEL).count() as u64;

@@ -94,6 +94,21 @@ impl TeacherFeatures {
         Self::slice(&self.keys, i, self.key_dim, self.grid, device)
     }
 
+    /// The mean embedding over every image and position `[D]` (what
+    /// [`crate::seg::MaskClipConfig::center`] removes).
+    pub fn mean_embed(&self, device: &Device) -> Tensor<1> {
+        let per = self.grid[0] * self.grid[1];
+        let mut sum = vec![0f64; self.dim];
+        for img in self.embeds.chunks_exact((self.dim * per).max(1)) {
+            for (d, plane) in img.chunks_exact(per.max(1)).enumerate() {
+                sum[d] += plane.iter().map(|x| x.to_f32() as f64).sum::<f64>();
+            }
+        }
+        let n = (self.n * per).max(1) as f64;
+        let v: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+        Tensor::from_data(TensorData::new(v, [self.dim]), device)
+    }
+
     /// Writes the features with their cache key (atomically).
     pub fn save(&self, path: &Path, key: &str) -> Result<(), SegError> {
         let bytes = |v: &[f16]| -> Vec<u8> { bytemuck::cast_slice(v).to_vec() };
@@ -276,6 +291,32 @@ mod tests {
             assert!((a - b).abs() < 1e-3, "{a} vs {b}");
         }
         assert_eq!(g.keys(2, &device).dims(), [5, 2, 4]);
+        // The mean embedding is the mean over images and positions, per channel.
+        let all: Vec<f32> = (0..3)
+            .flat_map(|i| {
+                g.embeds(i, &device)
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        let mean = g
+            .mean_embed(&device)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert_eq!(mean.len(), 3);
+        for (d, m) in mean.iter().enumerate() {
+            let want: f32 = (0..3)
+                .map(|i| {
+                    all[i * 24 + d * 8..i * 24 + (d + 1) * 8]
+                        .iter()
+                        .sum::<f32>()
+                })
+                .sum::<f32>()
+                / 24.0;
+            assert!((m - want).abs() < 1e-4, "{m} vs {want}");
+        }
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub struct MaskClipConfig {
     /// (MaskCLIP: 1.0, i.e. every patch); absent to skip.
     #[serde(default)]
     pub key_smooth: Option<f64>,
+    /// Subtract the data set's mean dense embedding from every patch's (and renormalise)
+    /// before scoring. A small teacher's image embeddings can share a large common component
+    /// that carries no class information but adds a class-dependent bias (its cosine with each
+    /// text embedding) to every pixel's scores; removing it lets the class-specific part decide.
+    #[serde(default)]
+    pub center: bool,
 }
 
 fn default_temperature() -> f64 {
@@ -45,6 +51,7 @@ impl Default for MaskClipConfig {
             temperature: default_temperature(),
             prompt_denoise: Some(0.5),
             key_smooth: Some(1.0),
+            center: false,
         }
     }
 }
@@ -57,6 +64,15 @@ pub fn dense_cosine(embeds: Tensor<3>, class_embeds: Tensor<2>) -> Tensor<3> {
     class_embeds
         .matmul(embeds.reshape([d, h * w]))
         .reshape([c, h, w])
+}
+
+/// Dense embeddings `[D, h, w]` with `mean` `[D]` subtracted from every position and each
+/// position renormalised to unit length (see [`MaskClipConfig::center`]).
+pub fn center_embeds(embeds: Tensor<3>, mean: Tensor<1>) -> Tensor<3> {
+    let [d, h, w] = embeds.dims();
+    let x = embeds.sub(mean.reshape([d, 1, 1]).expand([d, h, w]));
+    let norm = x.clone().square().sum_dim(0).sqrt().clamp_min(1e-6); // [1, h, w]
+    x.div(norm.expand([d, h, w]))
 }
 
 /// Prompt denoising on logits `[C, N]`: classes whose best probability over the `N` positions
@@ -138,6 +154,27 @@ mod tests {
             .unwrap();
         // [C=2, h=1, w=2]: patch 0 = (1, 0), patch 1 = (0, 1).
         assert_eq!(s, vec![1.0, 0.0, 0.6, 0.8]);
+    }
+
+    #[test]
+    fn centring_removes_the_shared_component_and_keeps_unit_length() {
+        let device = Device::default();
+        // Two patches sharing the component (0, 0, 1): (0.6, 0, 0.8) and (0, 0.6, 0.8). Their
+        // cosine is 0.64; with the mean (0.3, 0.3, 0.8) removed they are opposite.
+        let embeds = Tensor::<3>::from_data(
+            TensorData::new(vec![0.6f32, 0.0, 0.0, 0.6, 0.8, 0.8], [3, 1, 2]),
+            &device,
+        );
+        let mean = Tensor::<1>::from_data(TensorData::new(vec![0.3f32, 0.3, 0.8], [3]), &device);
+        let c = center_embeds(embeds, mean)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        let h = std::f32::consts::FRAC_1_SQRT_2;
+        let want = [h, -h, -h, h, 0.0, 0.0];
+        for (a, b) in c.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{c:?}");
+        }
     }
 
     #[test]

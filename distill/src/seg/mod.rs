@@ -4,6 +4,7 @@
 //! - [`lseg`]: per-pixel cross-entropy with ignore index 255.
 //! - [`maskclip`]: the teacher's per-pixel class probabilities, prompt denoising, key smoothing.
 //! - [`pseudo`]: filling unlabelled pixels with confident pseudo-labels.
+//! - [`regions`]: pseudo-labels per unlabelled region from the teacher's pooled path on crops.
 //! - [`self_train`]: when the pseudo-labels switch from the teacher to the student.
 //! - [`feature_distill`]: L1 / cosine between student and teacher pixel embeddings.
 //! - [`teacher`]: what the task needs from a teacher ([`DenseTeacher`]).
@@ -19,6 +20,7 @@ pub mod feature_distill;
 pub mod lseg;
 pub mod maskclip;
 pub mod pseudo;
+pub mod regions;
 pub mod self_train;
 pub mod task;
 pub mod teacher;
@@ -27,7 +29,8 @@ pub use cache::TeacherFeatures;
 pub use feature_distill::{FeatureDistillConfig, FeatureLoss};
 pub use lseg::{IGNORE, cross_entropy_ignore};
 pub use maskclip::MaskClipConfig;
-pub use pseudo::{Candidates, PseudoLabelConfig};
+pub use pseudo::{Candidates, PseudoFrom, PseudoLabelConfig};
+pub use regions::RegionConfig;
 pub use self_train::{PseudoSource, SelfTrainConfig};
 pub use task::{SegDistillConfig, SegTask};
 pub use teacher::{DenseMaps, DenseTeacher};

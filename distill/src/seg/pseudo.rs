@@ -14,6 +14,7 @@ use ovkd_segmenter::decoder::upsample_bilinear;
 use super::dataset::NO_LABEL;
 use super::lseg::IGNORE;
 use super::maskclip::{MaskClipConfig, maskclip_probs};
+use super::regions::RegionConfig;
 use super::teacher::DenseMaps;
 
 /// Which classes an unlabelled pixel may be given.
@@ -27,6 +28,18 @@ pub enum Candidates {
     Novel,
     /// Every class and the background (for data whose unlabelled pixels may be anything).
     All,
+}
+
+/// Which teacher path labels the unlabelled pixels.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PseudoFrom {
+    /// MaskCLIP: per-pixel scores from the dense (value-path) features.
+    #[default]
+    Dense,
+    /// One label per unlabelled region from the pooled image path on its crop
+    /// ([`crate::seg::regions`]).
+    Regions,
 }
 
 /// Teacher pseudo-label settings.
@@ -45,9 +58,15 @@ pub struct PseudoLabelConfig {
     /// Weight of the pseudo-label cross-entropy relative to the ground truth's.
     #[serde(default = "one")]
     pub weight: f64,
-    /// How the teacher scores pixels.
+    /// Which teacher path gives the labels.
+    #[serde(default)]
+    pub from: PseudoFrom,
+    /// How the teacher scores pixels (`from = "dense"`, and the zero-shot floor).
     #[serde(default)]
     pub maskclip: MaskClipConfig,
+    /// How the teacher scores regions (`from = "regions"`).
+    #[serde(default)]
+    pub regions: RegionConfig,
 }
 
 fn yes() -> bool {
@@ -67,7 +86,9 @@ impl Default for PseudoLabelConfig {
             threshold: default_threshold(),
             candidates: Candidates::default(),
             weight: 1.0,
+            from: PseudoFrom::default(),
             maskclip: MaskClipConfig::default(),
+            regions: RegionConfig::default(),
         }
     }
 }
@@ -181,6 +202,10 @@ mod tests {
         assert!(c.enabled);
         assert_eq!(c.candidates, Candidates::Novel);
         assert_eq!(c.maskclip, MaskClipConfig::default());
+        assert_eq!(c.from, PseudoFrom::Dense);
+        let c: PseudoLabelConfig =
+            toml::from_str("from = \"regions\"\n[regions]\nmin_pixels = 4").unwrap();
+        assert_eq!((c.from, c.regions.min_pixels), (PseudoFrom::Regions, 4));
         assert!(toml::from_str::<PseudoLabelConfig>("thresh = 0.7").is_err());
     }
 }

@@ -33,6 +33,13 @@ pub trait DenseTeacher {
     ) -> Result<Tensor<2>, String>;
     /// Dense features of each image resized to `size` x `size` (a multiple of the patch size).
     fn dense(&self, images: &[RgbImage], size: usize) -> Result<Vec<DenseMaps>, String>;
+    /// One L2-normalised image embedding per box `[x1, y1, x2, y2]` (pixels) of `image`, from
+    /// the teacher's ordinary (pooled) image path on crops: `[N, D]`. Teachers without one
+    /// refuse.
+    fn region_embeds(&self, image: &RgbImage, boxes: &[[f32; 4]]) -> Result<Tensor<2>, String> {
+        let _ = (image, boxes);
+        Err("this teacher cannot embed image regions".into())
+    }
 }
 
 impl DenseTeacher for ovkd_teacher::embed::Teacher {
@@ -59,6 +66,10 @@ impl DenseTeacher for ovkd_teacher::embed::Teacher {
     ) -> Result<Tensor<2>, String> {
         ovkd_teacher::embed::Teacher::class_embeds(self, classes, templates)
             .map_err(|e| e.to_string())
+    }
+
+    fn region_embeds(&self, image: &RgbImage, boxes: &[[f32; 4]]) -> Result<Tensor<2>, String> {
+        ovkd_teacher::embed::Teacher::region_embeds(self, image, boxes).map_err(|e| e.to_string())
     }
 
     fn dense(&self, images: &[RgbImage], size: usize) -> Result<Vec<DenseMaps>, String> {
