@@ -110,10 +110,12 @@ pub fn class_probabilities(error: &[f64], hard: f64) -> Vec<f64> {
         .collect()
 }
 
-/// An index drawn with probability proportional to `w` (uniform when they sum to 0).
+/// An index drawn with probability proportional to `w` (uniform when they are all equal or
+/// sum to 0, drawn as an integer so that uniform weights reproduce the class-balanced draw's
+/// random stream exactly).
 fn weighted_index(w: &[f64], rng: &mut impl Rng) -> usize {
     let total: f64 = w.iter().sum();
-    if total <= 0.0 || !total.is_finite() {
+    if total <= 0.0 || !total.is_finite() || w.iter().all(|&v| v == w[0]) {
         return rng.random_range(0..w.len());
     }
     let mut x = rng.random_range(0.0..total);
