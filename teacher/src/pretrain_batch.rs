@@ -63,6 +63,11 @@ pub struct BatchConfig {
     pub low_res_min: f64,
     /// Largest RGB distance from the named colour of a pixel counted as the object's.
     pub colour_tolerance: f64,
+    /// Share of the class draws made in proportion to each class's recent training error
+    /// instead of uniformly (0: class-balanced only), reached at the end of the run: it
+    /// grows linearly with progress. See [`class_probabilities`].
+    #[serde(default)]
+    pub hard_classes: f64,
 }
 
 impl Default for BatchConfig {
@@ -79,8 +84,48 @@ impl Default for BatchConfig {
             low_res: 0.3,
             low_res_min: 0.3,
             colour_tolerance: 40.0,
+            hard_classes: 0.0,
         }
     }
+}
+
+/// Class sampling probabilities: `1 - hard` of the mass spread evenly over the classes, `hard`
+/// in proportion to `error` (each class's recent top-1 error on its training crops). A class
+/// the model has given up on (the built-in teacher once classified 10% of its own training
+/// hexagons right and every other class at 65-99%) then gets more of the batch and more of
+/// the gradient until it is caught up. Uniform when every error is 0 or `hard` is 0.
+pub fn class_probabilities(error: &[f64], hard: f64) -> Vec<f64> {
+    let k = error.len();
+    if k == 0 {
+        return Vec::new();
+    }
+    let h = hard.clamp(0.0, 1.0);
+    let total: f64 = error.iter().map(|e| e.max(0.0)).sum();
+    if h == 0.0 || total <= 0.0 {
+        return vec![1.0 / k as f64; k];
+    }
+    error
+        .iter()
+        .map(|e| (1.0 - h) / k as f64 + h * e.max(0.0) / total)
+        .collect()
+}
+
+/// An index drawn with probability proportional to `w` (uniform when they are all equal or
+/// sum to 0, drawn as an integer so that uniform weights reproduce the class-balanced draw's
+/// random stream exactly).
+fn weighted_index(w: &[f64], rng: &mut impl Rng) -> usize {
+    let total: f64 = w.iter().sum();
+    if total <= 0.0 || !total.is_finite() || w.iter().all(|&v| v == w[0]) {
+        return rng.random_range(0..w.len());
+    }
+    let mut x = rng.random_range(0.0..total);
+    for (i, &v) in w.iter().enumerate() {
+        if x < v {
+            return i;
+        }
+        x -= v;
+    }
+    w.len() - 1
 }
 
 /// One drawn batch: normalised pixels [B, 3, S, S] (host, channel-major) and B texts.
@@ -90,6 +135,9 @@ pub struct Batch {
     pub pixels: Vec<f32>,
     /// One text per image.
     pub texts: Vec<String>,
+    /// For each object crop, its class as an index into [`Corpus::classes`]; None for a
+    /// whole image.
+    pub classes: Vec<Option<usize>>,
 }
 
 /// One object of a pretrain image, located by its colour.
@@ -318,20 +366,33 @@ impl Corpus {
         }
     }
 
-    /// One batch's draw: object indices (class-balanced: a class drawn uniformly, then, for
-    /// groups, `colour_group - 1` more objects of that object's colour, each of a class drawn
-    /// uniformly among those seen in it) and image indices for the rest, uniform.
+    /// One batch's draw: object indices (a class drawn with probability `class_p[k]` for the
+    /// k-th of [`Self::classes`], uniformly when `class_p` is empty, then, for groups,
+    /// `colour_group - 1` more objects of that object's colour, each of a class drawn among
+    /// those seen in it with the same weights) and image indices for the rest, uniform.
     pub fn draw(
         &self,
         b: usize,
         cfg: &BatchConfig,
+        class_p: &[f64],
         rng: &mut impl Rng,
     ) -> (Vec<usize>, Vec<usize>) {
         let classes: Vec<&String> = self.by_class.keys().collect();
+        let weight_of = |c: &String| -> f64 {
+            if class_p.len() == classes.len() {
+                classes
+                    .iter()
+                    .position(|k| *k == c)
+                    .map_or(0.0, |i| class_p[i])
+            } else {
+                1.0
+            }
+        };
+        let class_w: Vec<f64> = classes.iter().map(|c| weight_of(c)).collect();
         let n_obj = self.object_slots(b, cfg);
         let mut objs = Vec::with_capacity(n_obj);
         while objs.len() < n_obj {
-            let c = classes[rng.random_range(0..classes.len())];
+            let c = classes[weighted_index(&class_w, rng)];
             let list = &self.by_class[c];
             let first = list[rng.random_range(0..list.len())];
             objs.push(first);
@@ -340,17 +401,17 @@ impl Corpus {
                 .colour
                 .clone()
                 .unwrap_or_default();
-            let same: Vec<&Vec<usize>> = self
+            let (same, same_w): (Vec<&Vec<usize>>, Vec<f64>) = self
                 .by_class_colour
                 .iter()
                 .filter(|((_, col), _)| *col == colour)
-                .map(|(_, v)| v)
-                .collect();
+                .map(|((c, _), v)| (v, weight_of(c)))
+                .unzip();
             for _ in 1..cfg.colour_group.max(1) {
                 if objs.len() >= n_obj {
                     break;
                 }
-                let list = same[rng.random_range(0..same.len())];
+                let list = same[weighted_index(&same_w, rng)];
                 objs.push(list[rng.random_range(0..list.len())]);
             }
         }
@@ -376,15 +437,25 @@ impl Corpus {
     }
 
     /// Draws and augments a batch of `b` pairs at side `pre.size`: object crops first, then
-    /// whole images.
+    /// whole images; classes drawn with probabilities `class_p` (see [`Self::draw`]).
     pub fn batch(
         &self,
         b: usize,
         cfg: &BatchConfig,
+        class_p: &[f64],
         pre: &PreprocessConfig,
         rng: &mut impl Rng,
     ) -> Batch {
-        let (objs, imgs) = self.draw(b, cfg, rng);
+        let (objs, imgs) = self.draw(b, cfg, class_p, rng);
+        let class_names = self.classes();
+        let classes: Vec<Option<usize>> = objs
+            .iter()
+            .map(|&k| {
+                let c = self.objects[k].object.class.as_deref().unwrap_or_default();
+                class_names.iter().position(|n| n == c)
+            })
+            .chain(imgs.iter().map(|_| None))
+            .collect();
         let s = pre.size;
         let mut pixels = Vec::with_capacity(b * 3 * s * s);
         let mut texts = Vec::with_capacity(b);
@@ -414,7 +485,11 @@ impl Corpus {
             let bx = random_crop(img, cfg.min_crop, cfg.max_aspect, rng);
             push(img, bx, self.captions[i].clone(), rng);
         }
-        Batch { pixels, texts }
+        Batch {
+            pixels,
+            texts,
+            classes,
+        }
     }
 }
 
@@ -600,7 +675,7 @@ mod tests {
         };
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for _ in 0..20 {
-            let (objs, imgs) = c.draw(16, &cfg, &mut rng);
+            let (objs, imgs) = c.draw(16, &cfg, &[], &mut rng);
             assert_eq!((objs.len(), imgs.len()), (8, 8));
             for g in objs.chunks(4) {
                 let cols: Vec<_> = g
@@ -609,6 +684,39 @@ mod tests {
                     .collect();
                 assert!(cols.iter().all(|x| *x == cols[0]), "{cols:?}");
             }
+        }
+    }
+
+    #[test]
+    fn hard_classes_shift_the_draw_towards_the_classes_it_gets_wrong() {
+        let p = class_probabilities(&[0.0, 0.5, 0.0, 0.5], 0.5);
+        let want = [0.125, 0.375, 0.125, 0.375];
+        assert!(
+            p.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12),
+            "{p:?}"
+        );
+        assert_eq!(class_probabilities(&[0.3, 0.1], 0.0), vec![0.5, 0.5]);
+        assert_eq!(class_probabilities(&[0.0, 0.0], 0.7), vec![0.5, 0.5]);
+        // Classes: circle, cross, heart, ring, star. All the weight on heart: only the first
+        // object of each group is drawn by class; its colour (red) mates are drawn among the
+        // red classes by the same weights, so every object is the red heart.
+        let c = corpus();
+        assert_eq!(c.classes(), ["circle", "cross", "heart", "ring", "star"]);
+        let cfg = BatchConfig {
+            object_fraction: 1.0,
+            colour_group: 4,
+            ..BatchConfig::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let (objs, _) = c.draw(16, &cfg, &[0.0, 0.0, 1.0, 0.0, 0.0], &mut rng);
+        assert!(objs.iter().all(|&k| k == 1), "{objs:?}");
+        // Each object crop carries the class its text names.
+        let pre = PreprocessConfig::clip(8);
+        let b = c.batch(8, &cfg, &[0.2; 5], &pre, &mut rng);
+        assert_eq!(b.classes.len(), 8);
+        for (t, k) in b.texts.iter().zip(&b.classes) {
+            let name = &c.classes()[k.expect("object crop")];
+            assert!(t.ends_with(&format!("{name}.")), "{t} {name}");
         }
     }
 
@@ -666,7 +774,7 @@ mod tests {
             ..BatchConfig::default()
         };
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let b = c.batch(6, &cfg, &pre, &mut rng);
+        let b = c.batch(6, &cfg, &[], &pre, &mut rng);
         assert_eq!(b.texts.len(), 6);
         assert_eq!(b.pixels.len(), 6 * 3 * 8 * 8);
         assert!(b.pixels.iter().all(|v| v.is_finite()));
