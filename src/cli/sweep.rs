@@ -16,6 +16,10 @@ pub struct SweepArgs {
     /// Where the runs and the results table go (default: `runs/sweeps/NAME` for NAME.toml).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Override a config value in every run, e.g. `--set teacher.steps=400` (repeatable;
+    /// after the sweep file's `[set]`, before each run's own `set`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
     /// Runs at a time.
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
@@ -34,8 +38,9 @@ pub fn run(ctx: &Context, a: SweepArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs/sweeps").join(stem));
+    let common = sweep.common_sets(&a.sets);
     // Fail on a bad base config before launching anything.
-    crate::config::experiment::load(&sweep.config, sweep.preset.as_deref(), &[])
+    crate::config::experiment::load(&sweep.config, sweep.preset.as_deref(), &common)
         .with_context(|| format!("the sweep's config {}", sweep.config.display()))?;
     let exe = std::env::current_exe().context("finding the ovkd executable")?;
     let global = vec!["--device".to_string(), ctx.device.name()];
@@ -52,6 +57,7 @@ pub fn run(ctx: &Context, a: SweepArgs) -> Result<()> {
                 &global,
                 &sweep.config,
                 sweep.preset.as_deref(),
+                &common,
                 r,
                 dir,
             )

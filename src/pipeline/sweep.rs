@@ -20,6 +20,8 @@ use std::time::Instant;
 /// config = "ov-shapes.toml"            # relative to the sweep file
 /// preset = "quick"                     # optional
 /// metric = "det.splits.novel.AP50"     # the column the summary is sorted by (descending)
+/// [set]                                # optional: overrides every run gets, before its own
+/// "detector.train.steps" = 300
 /// [grid]                               # every combination ...
 /// "detector.distill.vild_image_weight" = [0.0, 0.5, 1.0]
 /// [[run]]                              # ... and/or an explicit list
@@ -36,6 +38,9 @@ pub struct SweepFile {
     pub preset: Option<String>,
     /// The metric column the summary is sorted by, highest first.
     pub metric: String,
+    /// Overrides every run gets (before its own, so a run's `set` wins).
+    #[serde(default)]
+    pub set: BTreeMap<String, toml::Value>,
     /// Keys and the values each takes; the runs are their Cartesian product.
     #[serde(default)]
     pub grid: BTreeMap<String, Vec<toml::Value>>,
@@ -97,6 +102,16 @@ impl SweepFile {
             }
         }
         Ok(f)
+    }
+
+    /// The file's `[set]` followed by `extra` (the command line's `--set KEY=VALUE`): the
+    /// overrides every run gets before its own.
+    pub fn common_sets(&self, extra: &[String]) -> Vec<String> {
+        self.set
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .chain(extra.iter().cloned())
+            .collect()
     }
 
     /// The runs: the grid's combinations (named by their values), then the explicit runs.
@@ -236,17 +251,23 @@ fn write_status(dir: &Path, s: &RunStatus) -> Result<()> {
 }
 
 /// Launches `exe pipeline --config C --run DIR [--preset P] --set k=v ...` as a child process,
-/// its output going to `DIR/log.txt`.
+/// its output going to `DIR/log.txt`. `common` are the sweep's overrides for every run; the
+/// run's own come after them, so they win.
 pub fn launch_child(
     exe: &Path,
     global: &[String],
     config: &Path,
     preset: Option<&str>,
+    common: &[String],
     r: &PlannedRun,
     dir: &Path,
 ) -> RunStatus {
     let t0 = Instant::now();
-    let sets: Vec<String> = r.sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let sets: Vec<String> = common
+        .iter()
+        .cloned()
+        .chain(r.sets.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect();
     let result = (|| -> Result<()> {
         std::fs::create_dir_all(dir)?;
         let log_path = dir.join("log.txt");
@@ -492,10 +513,15 @@ mod tests {
             let path = entry.unwrap().path();
             let f = SweepFile::load(&path).unwrap();
             assert!(!f.plan().unwrap().is_empty());
-            let sets: Vec<String> = f.plan().unwrap()[0]
-                .sets
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
+            let sets: Vec<String> = f
+                .common_sets(&[])
+                .into_iter()
+                .chain(
+                    f.plan().unwrap()[0]
+                        .sets
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}")),
+                )
                 .collect();
             crate::config::experiment::load(&f.config, f.preset.as_deref(), &sets)
                 .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
@@ -515,6 +541,25 @@ mod tests {
         assert_eq!(plan[6].name, "x");
         let names: BTreeSet<_> = plan.iter().map(|r| &r.name).collect();
         assert_eq!(names.len(), 7);
+    }
+
+    #[test]
+    fn common_sets_come_from_the_file_then_the_command_line_and_do_not_name_runs() {
+        let (_d, f) = sweep(
+            "config = \"e.toml\"\nmetric = \"det.AP\"\n[set]\n\"train.steps\" = 10\n\"data.preset\" = \"quick\"\n[[run]]\nname = \"x\"\nset = { \"train.lr\" = 5 }\n",
+        );
+        assert_eq!(
+            f.common_sets(&["train.steps=20".into()]),
+            ["data.preset=\"quick\"", "train.steps=10", "train.steps=20"],
+            "file keys in order, the command line last so it wins"
+        );
+        let plan = f.plan().unwrap();
+        assert_eq!(plan.len(), 1);
+        assert_eq!(
+            plan[0].sets.len(),
+            1,
+            "common sets are not a run's settings"
+        );
     }
 
     #[test]
