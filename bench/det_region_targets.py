@@ -10,26 +10,13 @@ TOP_K: use only each image's best K cached proposals (distill.image_top_k; 0 = a
 embeddings: "a photo of a {name}." averaged over a class's name and synonyms (transformers'
 CLIPModel on ovkd's checkpoint). Needs torch, transformers, tokenizers, pyarrow.
 """
-import sys, json, os, numpy as np, torch, pyarrow.parquet as pq, tomllib
-from transformers import CLIPModel
-from tokenizers import Tokenizer
+import sys, os, glob, numpy as np, pyarrow.parquet as pq
+from ovshapes_teacher import vocabulary, class_text_embeds, full_train_labels, iou
 teacher, data, cache = sys.argv[1], sys.argv[2], sys.argv[3]
 TOPK = int(sys.argv[4]) if len(sys.argv) > 4 else 0
-m = CLIPModel.from_pretrained(teacher).eval()
-tok = Tokenizer.from_file(teacher + '/tokenizer.json')
-voc = tomllib.load(open(data + '/vocab.toml', 'rb'))['class']
-names = [c['name'] for c in voc]; novel = np.array([c['split'] == 'novel' for c in voc])
-cid = {c['id']: i for i, c in enumerate(voc)}
-def temb(ns):
-    toks = [tok.encode(f"a photo of a {n}.").ids for n in ns]
-    L = max(map(len, toks)); pad = toks[0][-1]
-    x = torch.tensor([t + [pad] * (L - len(t)) for t in toks])
-    with torch.no_grad():
-        e = torch.nn.functional.normalize(m.text_projection(m.text_model(input_ids=x).pooler_output), dim=-1)
-    e = e.mean(0); return (e / e.norm()).numpy()
-T = np.stack([temb([c['name']] + c.get('synonyms', [])) for c in voc])  # [C, D]
+voc, names, novel, cid = vocabulary(data)
+T = class_text_embeds(teacher, voc)  # [C, D]
 D = T.shape[1]
-import glob
 if os.path.exists(cache + '/index.parquet'):
     ix = pq.read_table(cache + '/index.parquet').to_pydict()
 else:
@@ -50,15 +37,7 @@ rank = np.zeros(n, int); last = None; r = 0
 for j in order:
     if img[j] != last: last = img[j]; r = 0
     rank[j] = r; r += 1
-gt = json.load(open(data + '/train/instances_full.json'))
-by = {}
-for a in gt['annotations']:
-    x, y, w, h = a['bbox']; by.setdefault(a['image_id'], []).append(([x, y, x + w, y + h], cid[a['category_id']]))
-def iou(b, g):
-    ix1, iy1 = max(b[0], g[0]), max(b[1], g[1]); ix2, iy2 = min(b[2], g[2]), min(b[3], g[3])
-    inter = max(0, ix2 - ix1) * max(0, iy2 - iy1)
-    u = (b[2] - b[0]) * (b[3] - b[1]) + (g[2] - g[0]) * (g[3] - g[1]) - inter
-    return inter / u if u > 0 else 0
+by = full_train_labels(data, cid)
 best = np.zeros(n); lab = -np.ones(n, int)
 for i in range(n):
     for g, c in by.get(int(img[i]), []):

@@ -103,6 +103,9 @@ pub struct TeacherSection {
     pub path: Option<PathBuf>,
     /// Prompt templates (`{}` is the class name), averaged per class.
     pub templates: Vec<String>,
+    /// Average each class's synonyms (from the vocabulary) into its text embedding too; false:
+    /// its name alone.
+    pub synonyms: bool,
 }
 
 impl Default for TeacherSection {
@@ -110,6 +113,7 @@ impl Default for TeacherSection {
         Self {
             path: None,
             templates: vec!["a photo of a {}.".into()],
+            synonyms: true,
         }
     }
 }
@@ -410,6 +414,24 @@ impl ClassList {
                 .collect(),
             ids: vocab.classes.iter().map(|c| c.id).collect(),
             novel: vocab.classes.iter().map(|c| c.is_novel()).collect(),
+        }
+    }
+
+    /// Each class by its name alone (synonyms dropped).
+    pub fn without_synonyms(mut self) -> Self {
+        for n in &mut self.names {
+            n.truncate(1);
+        }
+        self
+    }
+
+    /// Every class of `vocab`, with or without its synonyms (`teacher.synonyms`).
+    pub fn of_config(vocab: &ovkd_data::Vocabulary, teacher: &TeacherSection) -> Self {
+        let all = Self::of(vocab);
+        if teacher.synonyms {
+            all
+        } else {
+            all.without_synonyms()
         }
     }
 
@@ -834,7 +856,7 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
     let data = DatasetDir::open(&paths.data)
         .with_context(|| format!("opening the data set {}", paths.data.display()))?;
     let vocab = data.vocabulary()?;
-    let all = ClassList::of(&vocab);
+    let all = ClassList::of_config(&vocab, &cfg.teacher);
     let base = all.base();
     if base.len() == 0 {
         bail!(
@@ -942,9 +964,10 @@ pub fn run(ctx: &Context, args: TrainDetectorArgs) -> Result<()> {
     // ones too), with the pseudo boxes added to the base annotations.
     let (loader, train_classes, text_train) = if cfg.distill.pseudo_boxes {
         let reader = reader.as_deref().expect("opened above");
+        // Captions are matched by every name a class has, whatever embeds it.
         let (coco, report) = crate::cli::pseudo_boxes::augment_train_split(
             &data,
-            &all,
+            &ClassList::of(&vocab),
             &text_all,
             dim,
             reader,
@@ -1132,4 +1155,27 @@ fn finish_eval(
     );
     println!("total {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn teacher_synonyms_false_embeds_each_class_by_its_name_alone() {
+        let vocab = ovkd_data::Vocabulary::from_toml_str(
+            "name = \"v\"\n[[class]]\nid = 1\nname = \"circle\"\nsynonyms = [\"disc\", \"disk\"]\nsplit = \"base\"\n[[class]]\nid = 4\nname = \"star\"\nsplit = \"novel\"\n",
+            Path::new("vocab.toml"),
+        )
+        .unwrap();
+        let mut teacher = TeacherSection::default();
+        assert!(teacher.synonyms, "the default keeps what earlier runs did");
+        let with = ClassList::of_config(&vocab, &teacher);
+        assert_eq!(with.names[0], ["circle", "disc", "disk"]);
+        teacher.synonyms = false;
+        let without = ClassList::of_config(&vocab, &teacher);
+        assert_eq!(without.names, [vec!["circle"], vec!["star"]]);
+        assert_eq!(without.ids, with.ids);
+        assert_eq!(without.novel, [false, true]);
+    }
 }
