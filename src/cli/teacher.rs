@@ -15,7 +15,7 @@ use ovkd_teacher::pretrain_batch::{BatchConfig, Corpus};
 use ovkd_teacher::shapes::{image_path, load_rgb, read_coco};
 use ovkd_teacher::shapes::{read_captions, read_vocab};
 use ovkd_teacher::tokenizer::ClipTokenizer;
-use ovkd_teacher::zero_shot::{ZeroShotSet, dense_eval};
+use ovkd_teacher::zero_shot::{RegionCrops, ZeroShotSet, dense_eval};
 use polars::prelude::{DataType, Float32Chunked, ParquetReader, SerReader};
 
 use super::Context;
@@ -118,6 +118,10 @@ struct EvalArgs {
     /// At most this many objects (evenly spaced); all by default.
     #[arg(long)]
     max_objects: Option<usize>,
+    /// Which crops embed an object: `vild` (1x and 1.5x about the box centre, summed: what
+    /// distillation uses, and the target's measure) or `1x` (the box alone).
+    #[arg(long, default_value = "vild")]
+    crops: String,
     /// Also print the confusion matrix (rows: true class, columns: predicted).
     #[arg(long)]
     confusion: bool,
@@ -345,14 +349,23 @@ fn eval(ctx: &Context, a: EvalArgs) -> Result<()> {
         other => anyhow::bail!("--on {other}: expected val, train or pretrain"),
     }
     .with_context(|| format!("reading the {} objects of {}", a.on, a.data.display()))?;
+    let crops = match a.crops.as_str() {
+        "vild" => RegionCrops::Vild,
+        "1x" => RegionCrops::Tight,
+        other => anyhow::bail!("--crops {other}: expected vild or 1x"),
+    };
     let r = set
-        .evaluate(&teacher, &a.prompt)
+        .evaluate_as(&teacher, &a.prompt, crops)
         .with_context(|| format!("zero-shot eval on {}", a.data.display()))?;
     println!(
-        "zero-shot top-1 on {} single-object crops of {}/{}, prompt {:?}",
+        "zero-shot top-1 on {} single-object crops of {}/{} ({}), prompt {:?}",
         r.crops,
         a.data.display(),
         a.on,
+        match crops {
+            RegionCrops::Vild => "ViLD 1x + 1.5x crops",
+            RegionCrops::Tight => "1x crops only",
+        },
         a.prompt
     );
     println!(

@@ -33,6 +33,16 @@ pub struct ZeroShotReport {
     pub confusion: Vec<Vec<usize>>,
 }
 
+/// Which crops of an object's box make its embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionCrops {
+    /// ViLD's: the 1x and 1.5x crops about the box centre, embedded, summed and renormalised
+    /// (what distillation uses; the 1.5x crop shows the object smaller, with its neighbours).
+    Vild,
+    /// The 1x crop of the box alone.
+    Tight,
+}
+
 /// The annotated objects of a val split, each preprocessed as ViLD crops (1x and 1.5x about
 /// the box centre) at one input size, with its class.
 #[derive(Debug, Clone)]
@@ -184,6 +194,16 @@ impl ZeroShotSet {
         teacher: &Teacher,
         prompt: &str,
     ) -> Result<ZeroShotReport, TeacherError> {
+        self.evaluate_as(teacher, prompt, RegionCrops::Vild)
+    }
+
+    /// As [`Self::evaluate`], with each object embedded from `crops`.
+    pub fn evaluate_as(
+        &self,
+        teacher: &Teacher,
+        prompt: &str,
+        crops: RegionCrops,
+    ) -> Result<ZeroShotReport, TeacherError> {
         if teacher.preprocess.size != self.size {
             return Err(TeacherError::InvalidRequest(format!(
                 "crops were made at {} px but the teacher takes {} px",
@@ -199,7 +219,20 @@ impl ZeroShotSet {
         let text = teacher.class_embeds(&classes, &[prompt.to_string()])?; // [K, D]
         let n = self.len();
         let k = classes.len();
-        let e = teacher.pair_sum(teacher.embed_pixels(&self.crops, 2 * n)); // [N, D]
+        let e = match crops {
+            RegionCrops::Vild => teacher.pair_sum(teacher.embed_pixels(&self.crops, 2 * n)),
+            RegionCrops::Tight => {
+                let per = 3 * self.size * self.size;
+                let tight: Vec<f32> = self
+                    .crops
+                    .chunks(per)
+                    .step_by(2)
+                    .flatten()
+                    .copied()
+                    .collect();
+                teacher.embed_pixels(&tight, n)
+            }
+        }; // [N, D]
         let sims = to_vec(e.matmul(text.transpose()))?; // [N, K]
         let mut hits = vec![0usize; k];
         let mut counts = vec![0usize; k];

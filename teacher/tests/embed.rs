@@ -191,6 +191,17 @@ fn interpolated_positions_match_transformers() {
         .try_into_vec::<f32>()
         .unwrap();
     assert!(max_diff(&got, &f.get("last_hidden_state").unwrap().data) < 1e-4);
+    // The class-token-only last block (what image_features and the pre-training run) gives
+    // the full forward's pooled output.
+    let pooled = vec2(out.pooled);
+    let x = Tensor::<4>::from_data(TensorData::new(px.data.clone(), px.shape.clone()), &device);
+    let fast = vec2(model.vision_model.forward_pooled(x));
+    assert_eq!(pooled.len(), fast.len());
+    assert!(
+        max_diff(&pooled, &fast) < 1e-5,
+        "{}",
+        max_diff(&pooled, &fast)
+    );
 }
 
 #[test]
@@ -227,4 +238,62 @@ fn the_text_half_alone_embeds_class_names_as_the_whole_teacher() {
     // The whole teacher cannot load from the text half: the missing tensor is named.
     let err = Teacher::load(&text_dir, &device).unwrap_err().to_string();
     assert!(err.contains("vision_model."), "{err}");
+}
+
+#[test]
+fn zero_shot_on_1x_crops_equals_vild_with_the_wide_crop_replaced_by_the_tight_one() {
+    use ovkd_data::{Split, VocabClass, Vocabulary};
+    use ovkd_teacher::zero_shot::{RegionCrops, ZeroShotSet};
+    let device = Device::flex();
+    let (t, _dir) = tiny_teacher(&device);
+    let s = t.preprocess.size;
+    let per = 3 * s * s;
+    let names = ["star", "circle", "square", "ring"];
+    let vocab = Vocabulary {
+        name: "tiny".into(),
+        classes: names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| VocabClass {
+                id: i as u64 + 1,
+                name: n.to_string(),
+                synonyms: Vec::new(),
+                split: if i < 3 { Split::Base } else { Split::Novel },
+            })
+            .collect(),
+    };
+    // 16 objects, each a pseudo-random tight crop and a different wide crop.
+    let n = 16;
+    let mut x = 12345u64;
+    let mut next = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((x >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+    };
+    let crops: Vec<f32> = (0..2 * n * per).map(|_| next()).collect();
+    let labels: Vec<usize> = (0..n).map(|i| i % names.len()).collect();
+    let set = ZeroShotSet {
+        crops: crops.clone(),
+        labels: labels.clone(),
+        vocab: vocab.clone(),
+        size: s,
+    };
+    let mut doubled = Vec::with_capacity(crops.len());
+    for tight in crops.chunks(per).step_by(2) {
+        doubled.extend_from_slice(tight);
+        doubled.extend_from_slice(tight);
+    }
+    let same = ZeroShotSet {
+        crops: doubled,
+        labels,
+        vocab,
+        size: s,
+    };
+    let prompt = "a photo of a {}.";
+    let tight = set.evaluate_as(&t, prompt, RegionCrops::Tight).unwrap();
+    let want = same.evaluate(&t, prompt).unwrap();
+    assert_eq!(tight.crops, n);
+    assert_eq!(tight.confusion, want.confusion);
+    assert_eq!(tight.all, want.all);
 }

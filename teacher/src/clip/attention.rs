@@ -58,6 +58,26 @@ impl ClipAttention {
         save_linear(&self.out_proj, map, &format!("{prefix}.out_proj"))
     }
 
+    /// Attention of the first token only (the class token) over all of [B, L, W] → [B, 1, W]:
+    /// row 0 of [`Self::forward`] without `causal`, at the cost of the keys and values alone
+    /// (the queries, scores, output projection and everything after them for one token).
+    pub fn forward_first(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, l, w] = x.dims();
+        let h = self.num_heads;
+        let hd = w / h;
+        let scale = (hd as f64).powf(-0.5);
+        let split = |t: Tensor<3>, n: usize| t.reshape([b, n, h, hd]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward(x.clone().slice([0..b, 0..1])), 1); // [B, H, 1, hd]
+        let k = split(self.k_proj.forward(x.clone()), l);
+        let v = split(self.v_proj.forward(x), l);
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale); // [B, H, 1, L]
+        let out = softmax(scores, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, 1, w]);
+        self.out_proj.forward(out)
+    }
+
     /// Self-attention over [B, L, W] → [B, L, W]; `causal` masks future positions (text tower).
     pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
         let [b, l, w] = x.dims();

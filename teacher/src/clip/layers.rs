@@ -211,6 +211,15 @@ impl EncoderLayer {
         save_linear(&self.mlp.fc2, map, &format!("{prefix}.mlp.fc2"))
     }
 
+    /// The first token's output only (non-causal): [B, L, W] → [B, 1, W], row 0 of
+    /// [`Self::forward`].
+    pub fn forward_first(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, _, w] = x.dims();
+        let first = x.clone().slice([0..b, 0..1, 0..w]);
+        let x = first + self.self_attn.forward_first(self.layer_norm1.forward(x));
+        x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
+    }
+
     /// [B, L, W] → [B, L, W].
     pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
         let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), causal);

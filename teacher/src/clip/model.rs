@@ -167,7 +167,7 @@ impl ClipModel {
     /// Projected image features, not normalised: pixels [B, 3, H, W] → [B, D].
     pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<2> {
         self.visual_projection
-            .forward(self.vision_model.forward(pixels).pooled)
+            .forward(self.vision_model.forward_pooled(pixels))
     }
 
     /// L2-normalised image embeddings: [B, 3, H, W] → [B, D].

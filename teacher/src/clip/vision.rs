@@ -205,6 +205,25 @@ impl VisionTransformer {
         }
     }
 
+    /// The post-LayerNorm class token alone, [B, C, H, W] → [B, W]: `forward(..).pooled`, with
+    /// the last block run for the class token only (the other tokens' outputs of the last
+    /// block feed nothing pooled; skipping them saves most of a block, forward and backward).
+    pub fn forward_pooled(&self, pixels: Tensor<4>) -> Tensor<2> {
+        let (mut x, _) = self.embed(pixels);
+        let Some((last, rest)) = self.layers.split_last() else {
+            let [b, _, w] = x.dims();
+            return self
+                .post_layernorm
+                .forward(x.slice([0..b, 0..1]).reshape([b, w]));
+        };
+        for layer in rest {
+            x = layer.forward(x, false);
+        }
+        let [b, _, w] = x.dims();
+        self.post_layernorm
+            .forward(last.forward_first(x).reshape([b, w]))
+    }
+
     /// MaskCLIP: every block but the last as usual; in the last, the query-key attention is
     /// skipped and each patch token takes the value path (value then output projection), plus
     /// the residual and the MLP, as MaskCLIP's released code does; then the post-LayerNorm.
