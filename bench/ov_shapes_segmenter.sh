@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The segmenter experiment on OV-Shapes from nothing: data synth, teacher pre-training, segmenter
-# training (LSeg + MaskCLIP+ pseudo-labels + self-training), prediction, evaluation, and the
-# ablation the issue asks for.
+# training (LSeg + MaskCLIP+ pseudo-labels, optionally self-training), prediction, evaluation, and
+# the ablation the issue asks for.
 #
 #   bench/ov_shapes_segmenter.sh RUN_DIR [--preset quick|default|large] [--set KEY=VALUE ...]
-#                                [--no-ablation] [--data DIR] [--teacher DIR]
+#                                [--no-ablation | --ablation-only] [--data DIR] [--teacher DIR]
 #
 # --data / --teacher (or the DATA / TEACHER environment variables) link an existing OV-Shapes
 # folder of the same preset / an existing teacher checkpoint into RUN_DIR instead of making them
@@ -17,17 +17,22 @@
 #   ovkd train segmenter --config C --no-eval        -> RUN/segmenter, RUN/eval/seg_teacher.json
 #   ovkd predict --task seg --classes <vocabulary>   -> RUN/eval/seg_pred/*.png
 #   ovkd eval seg --vocab RUN/data/vocab.toml        -> RUN/eval/seg.json (seen/unseen mIoU, hIoU)
-# then the same train/predict/eval for the ablation rows under RUN/ablation/{lseg,pseudo}
-# (sharing RUN/cache, the teacher's dense features): LSeg alone, + teacher pseudo-labels
-# (no self-training); the full run above is "+ self-training". The table goes to stdout and
-# RUN/eval/ablation.md. RUN/time.txt holds the wall time of the main experiment (data to
-# RUN/eval/seg.json, build excluded, ablation excluded); RUN/stages.txt each stage's seconds.
+# then the same train/predict/eval for the ablation rows under RUN/ablation/ (sharing RUN/cache):
+# lseg = LSeg alone (no pseudo-labels, no self-training), and the self-training row the main run
+# is not: when the config self-trains (distill.self_train.after_step set and enabled), the main
+# run is "+ self-training" and ablation/pseudo is "+ teacher pseudo-labels" without it; when it
+# does not (configs/segmenter/ov_shapes.toml since session 5), the main run is "+ pseudo-labels"
+# and ablation/self_train switches self-training on. --ablation-only runs just those rows
+# against an existing main run (for a timed main run with --no-ablation first). The table goes
+# to stdout and RUN/eval/ablation.md. RUN/time.txt holds the wall time of the main experiment
+# (data to RUN/eval/seg.json, build excluded, ablation excluded); RUN/stages.txt each stage's
+# seconds (appended to by --ablation-only).
 # C is configs/segmenter/ov_shapes.toml (ov_shapes_quick.toml for --preset quick); --set
 # overrides it for every row. Delete RUN_DIR for a run from nothing. OVKD=path runs that binary
 # instead of building this checkout's.
 set -euo pipefail
 
-usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [[ $# -ge 1 ]] || usage
 RUN=$1; shift
 PRESET=default
@@ -40,6 +45,7 @@ while [[ $# -gt 0 ]]; do
     --preset) PRESET=$2; shift 2 ;;
     --set) SETS+=(--set "$2"); shift 2 ;;
     --no-ablation) ABLATION=0; shift ;;
+    --ablation-only) ABLATION=2; shift ;;
     --data) DATA_IN=$2; shift 2 ;;
     --teacher) TEACHER_IN=$2; shift 2 ;;
     -h|--help) usage ;;
@@ -63,8 +69,10 @@ fi
 mkdir -p "$RUN"
 RUN=$(cd "$RUN" && pwd)
 LOG="$RUN/bench.log"
-: > "$LOG"
-: > "$RUN/stages.txt"
+if [[ $ABLATION != 2 ]]; then
+  : > "$LOG"
+  : > "$RUN/stages.txt"
+fi
 
 now() { date +%s.%N; }
 stage() {  # stage NAME CMD...: runs CMD, logs it, records its seconds
@@ -129,19 +137,34 @@ experiment() {
 }
 
 mkdir -p "$RUN/cache"
-experiment full "$RUN"
-printf '%.1f\n' "$(echo "$(now) - $T0" | bc)" > "$RUN/time.txt"
-if [[ $ABLATION == 1 ]]; then
+if [[ $ABLATION != 2 ]]; then
+  experiment full "$RUN"
+  printf '%.1f\n' "$(echo "$(now) - $T0" | bc)" > "$RUN/time.txt"
+fi
+[[ -f "$RUN/segmenter/config.toml" ]] || { echo "$RUN: no main run to compare with" >&2; exit 2; }
+# Whether the main run self-trained (its resolved config).
+SELF_TRAINS=$(python3 - "$RUN/segmenter/config.toml" <<'EOF'
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    st = tomllib.load(f).get("distill", {}).get("self_train", {})
+print(int(st.get("enabled", True) and st.get("after_step") is not None))
+EOF
+)
+if [[ $ABLATION != 0 ]]; then
   T1=$(now)
   experiment lseg "$RUN/ablation/lseg" \
     --set distill.pseudo.enabled=false --set distill.self_train.enabled=false
-  experiment pseudo "$RUN/ablation/pseudo" --set distill.self_train.enabled=false
+  if [[ $SELF_TRAINS == 1 ]]; then
+    experiment pseudo "$RUN/ablation/pseudo" --set distill.self_train.enabled=false
+  else
+    experiment self_train "$RUN/ablation/self_train" --set distill.self_train.enabled=true
+  fi
   printf '%.1f\n' "$(echo "$(now) - $T1" | bc)" > "$RUN/ablation/time.txt"
 fi
 
-python3 - "$RUN" "$PRESET" <<'EOF' | tee "$RUN/eval/ablation.md"
+python3 - "$RUN" "$PRESET" "$SELF_TRAINS" <<'EOF' | tee "$RUN/eval/ablation.md"
 import json, sys, os
-run, preset = sys.argv[1], sys.argv[2]
+run, preset, self_trains = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 def load(*parts):
     p = os.path.join(run, *parts)
     if not os.path.exists(p):
@@ -151,9 +174,12 @@ def load(*parts):
 rows = [
     ("teacher zero-shot (MaskCLIP, no training)", load("eval", "seg_teacher.json")),
     ("LSeg alone", load("ablation", "lseg", "eval", "seg.json")),
-    ("+ teacher pseudo-labels (distill.pseudo.from)", load("ablation", "pseudo", "eval", "seg.json")),
-    ("+ self-training (full)", load("eval", "seg.json")),
+    ("+ teacher pseudo-labels (distill.pseudo.from)",
+     load("ablation", "pseudo", "eval", "seg.json") if self_trains else load("eval", "seg.json")),
+    ("+ self-training",
+     load("eval", "seg.json") if self_trains else load("ablation", "self_train", "eval", "seg.json")),
 ]
+print(f"(main run: {'+ self-training' if self_trains else '+ teacher pseudo-labels'})\n")
 pct = lambda x: "-" if x is None else f"{100 * x:.1f}"
 print(f"OV-Shapes ({preset}), run {run}\n")
 print("| model | mIoU | seen mIoU | unseen mIoU | hIoU |")

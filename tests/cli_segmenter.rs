@@ -128,8 +128,11 @@ fn train_evaluate_and_predict_on_a_tiny_ov_shapes() {
         serde_json::from_str(&std::fs::read_to_string(seg.join("pseudo_labels.json")).unwrap())
             .unwrap();
     assert!(pseudo["val_novel_pixels"].as_u64().unwrap() > 0);
-    // The teacher's dense features are cached for the next run.
-    assert!(run.join("cache/seg-dense-train-32.safetensors").is_file());
+    // The teacher's dense features of val (its zero-shot floor) are cached for the next run;
+    // the training images' are not computed at all, since the pseudo-labels come from region
+    // crops (`distill.pseudo.from = "regions"`, inherited from ov_shapes.toml).
+    assert!(run.join("cache/seg-dense-val-32.safetensors").is_file());
+    assert!(!run.join("cache/seg-dense-train-32.safetensors").exists());
 
     // A run directory with checkpoints is not silently restarted.
     let again = train(&[]);

@@ -380,7 +380,10 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
     let val_pairs = split_pairs(&data, "val")?;
     let cache = run.join("cache");
     let size = cfg.distill.teacher_size;
-    let uses_teacher = cfg.distill.pseudo.enabled || cfg.distill.feature.weight > 0.0;
+    // The training images' dense features feed dense pseudo-labels and feature distillation
+    // only: region pseudo-labels crop the images themselves, so they are not computed for them.
+    let uses_teacher = (cfg.distill.pseudo.enabled && cfg.distill.pseudo.from == PseudoFrom::Dense)
+        || cfg.distill.feature.weight > 0.0;
 
     // The teacher's zero-shot floor on val (and its pseudo-label precision there).
     let val_feats = features(
@@ -451,26 +454,27 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
         },
         keys: f.keys(i, &device),
     };
-    let pseudo_map = |maps: &DenseMaps, image: &Path, gt: &SemanticMask| -> Result<Vec<u8>> {
-        Ok(match cfg.distill.pseudo.from {
-            PseudoFrom::Dense => teacher_pseudo_map(
-                &cfg.distill.pseudo,
-                maps,
-                cand_embeds.clone(),
-                &cand_values,
-                gt,
-            ),
-            PseudoFrom::Regions => region_pseudo_map(
-                &cfg.distill.pseudo.regions,
-                cfg.distill.pseudo.threshold,
-                &teacher,
-                &ovkd_data::loader::load_rgb(image)?,
-                cand_embeds.clone(),
-                &cand_values,
-                gt,
-            )?,
-        })
-    };
+    let pseudo_map =
+        |maps: Option<&DenseMaps>, image: &Path, gt: &SemanticMask| -> Result<Vec<u8>> {
+            Ok(match cfg.distill.pseudo.from {
+                PseudoFrom::Dense => teacher_pseudo_map(
+                    &cfg.distill.pseudo,
+                    maps.context("dense pseudo-labels need the teacher's dense features")?,
+                    cand_embeds.clone(),
+                    &cand_values,
+                    gt,
+                ),
+                PseudoFrom::Regions => region_pseudo_map(
+                    &cfg.distill.pseudo.regions,
+                    cfg.distill.pseudo.threshold,
+                    &teacher,
+                    &ovkd_data::loader::load_rgb(image)?,
+                    cand_embeds.clone(),
+                    &cand_values,
+                    gt,
+                )?,
+            })
+        };
     for (i, (ip, lp)) in val_pairs.iter().enumerate() {
         let gt = SemanticMask::read(lp)?;
         let maps = dense_maps(&val_feats, i);
@@ -491,7 +495,7 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
                 *v = 255;
             }
         }
-        let pm = pseudo_map(&maps, ip, &hidden)?;
+        let pm = pseudo_map(Some(&maps), ip, &hidden)?;
         for ((&p, &h), &g) in pm.iter().zip(hidden.as_slice()).zip(gt.as_slice()) {
             if h == 255 && g != 255 {
                 stats.val_novel_pixels += 1;
@@ -517,12 +521,12 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
     // Pseudo-labels for the training images.
     let mut dataset = SegTrainSet::new(train_pairs.clone());
     if cfg.distill.pseudo.enabled {
-        let feats = train_feats.as_ref().expect("computed above");
         let b = bar(train_pairs.len(), "pseudo-label maps", args.common.quiet);
         let mut maps = Vec::with_capacity(train_pairs.len());
         for (i, (ip, lp)) in train_pairs.iter().enumerate() {
             let gt = SemanticMask::read(lp)?;
-            let m = pseudo_map(&dense_maps(feats, i), ip, &gt)?;
+            let dm = train_feats.as_deref().map(|f| dense_maps(f, i));
+            let m = pseudo_map(dm.as_ref(), ip, &gt)?;
             stats.train_unlabelled_pixels +=
                 gt.as_slice().iter().filter(|&&v| v == 255).count() as u64;
             stats.train_filled_pixels += m.iter().filter(|&&p| p != NO_LABEL).count() as u64;
