@@ -61,7 +61,7 @@ for i in range(n):
         v = iou(c, g)
         if v > best: best, lab = v, k
     if best >= 0.5:
-        centre.append((lab, int(np.argmax(T @ Ec[i])), int(np.argmax(T @ Eb[i]))))
+        centre.append((lab, int(np.argmax(T @ Ec[i])), top))
 nobj = np.array(nobj)
 print(f"bags {n} in {len(set(t['image_id']))} images, D {D}, C {C}")
 print(f"objects per enclosing crop: mean {nobj.mean():.2f}; share with 0 / 1 / 2 / 3+ objects: "

@@ -4,19 +4,34 @@ proposals, split by what each proposal covers (a base object or a novel object a
 with train/instances_full.json, or background at IoU < 0.3), against the class texts, raw and
 with the mean region embedding removed (distill.center_teacher).
 
-    python3 bench/det_region_targets.py TEACHER_DIR OV_SHAPES_DIR CACHE_DIR [TOP_K]
+    python3 bench/det_region_targets.py TEACHER_DIR OV_SHAPES_DIR CACHE_DIR [TOP_K] \
+        [--no-synonyms] [--templates FILE]
 
 TOP_K: use only each image's best K cached proposals (distill.image_top_k; 0 = all). Text
-embeddings: "a photo of a {name}." averaged over a class's name and synonyms (transformers'
-CLIPModel on ovkd's checkpoint). Needs torch, transformers, tokenizers, pyarrow.
+embeddings: each template ("a photo of a {}." unless --templates, a prompt file such as
+configs/prompts/shapes.txt) filled with a class's name and, unless --no-synonyms
+(teacher.synonyms = false), its synonyms, averaged (transformers' CLIPModel on ovkd's
+checkpoint). Needs torch, transformers, tokenizers, pyarrow.
 """
 import sys, os, glob, numpy as np, pyarrow.parquet as pq
 from ovshapes_teacher import vocabulary, class_text_embeds, full_train_labels, iou
-teacher, data, cache = sys.argv[1], sys.argv[2], sys.argv[3]
-TOPK = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+args = sys.argv[1:]
+no_syn = '--no-synonyms' in args
+templates = ("a photo of a {}.",)
+if '--templates' in args:
+    f = args[args.index('--templates') + 1]
+    templates = tuple(l.strip() for l in open(f) if l.strip() and not l.startswith('#'))
+    args.remove('--templates'); args.remove(f)
+args = [a for a in args if a != '--no-synonyms']
+teacher, data, cache = args[0], args[1], args[2]
+TOPK = int(args[3]) if len(args) > 3 else 0
 voc, names, novel, cid = vocabulary(data)
-T = class_text_embeds(teacher, voc)  # [C, D]
+if no_syn:
+    voc = [dict(c, synonyms=[]) for c in voc]
+T = class_text_embeds(teacher, voc, templates)  # [C, D]
 D = T.shape[1]
+print(f"class texts: {len(templates)} template(s), {'names only' if no_syn else 'names + synonyms'}; "
+      f"mean pairwise cosine {((T @ T.T).sum() - len(T)) / (len(T) * (len(T) - 1)):.3f}")
 if os.path.exists(cache + '/index.parquet'):
     ix = pq.read_table(cache + '/index.parquet').to_pydict()
 else:

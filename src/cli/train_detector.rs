@@ -417,22 +417,15 @@ impl ClassList {
         }
     }
 
-    /// Each class by its name alone (synonyms dropped).
-    pub fn without_synonyms(mut self) -> Self {
-        for n in &mut self.names {
-            n.truncate(1);
-        }
-        self
-    }
-
-    /// Every class of `vocab`, with or without its synonyms (`teacher.synonyms`).
+    /// Every class of `vocab`, by its name alone unless `teacher.synonyms`.
     pub fn of_config(vocab: &ovkd_data::Vocabulary, teacher: &TeacherSection) -> Self {
-        let all = Self::of(vocab);
-        if teacher.synonyms {
-            all
-        } else {
-            all.without_synonyms()
+        let mut all = Self::of(vocab);
+        if !teacher.synonyms {
+            for n in &mut all.names {
+                n.truncate(1);
+            }
         }
+        all
     }
 
     /// Only the base classes.

@@ -155,11 +155,7 @@ pub fn step_data(
                     boxes.len()
                 )));
             }
-            let ranked = if cfg.image_top_k == 0 {
-                boxes.len()
-            } else {
-                cfg.image_top_k.min(boxes.len())
-            };
+            let ranked = super::vild_image::best_count(cfg.image_top_k, boxes.len());
             let usable: Vec<(usize, [f32; 4])> = boxes[..ranked]
                 .iter()
                 .enumerate()

@@ -8,6 +8,12 @@ use burn::tensor::Tensor;
 use super::DetError;
 use super::task::RegionSource;
 
+/// How many of an image's `n` cached regions (best first) ViLD-image uses: `top_k`, or all of
+/// them when `top_k` is 0 (`distill.image_top_k`).
+pub(crate) fn best_count(top_k: usize, n: usize) -> usize {
+    if top_k == 0 { n } else { top_k.min(n) }
+}
+
 /// The mean `[D]` of the teacher's region embeddings of `image_ids` in `src`, over each image's
 /// best `top_k` regions (0: all): the common image component that [`center_targets`] removes.
 /// An error when no image has a region.
@@ -21,11 +27,7 @@ pub fn region_mean(
     let mut n = 0usize;
     for &id in image_ids {
         let (boxes, embeds) = src.regions(id)?;
-        let k = if top_k == 0 {
-            boxes.len()
-        } else {
-            top_k.min(boxes.len())
-        };
+        let k = best_count(top_k, boxes.len());
         for row in embeds.chunks_exact(d).take(k) {
             for (s, v) in sum.iter_mut().zip(row) {
                 *s += *v as f64;
