@@ -337,20 +337,59 @@ fn baron_with_pseudo_boxes_end_to_end_and_a_bad_method_named() {
         .unwrap()
         .unwrap()
         .path();
-    let pred = tmp.path().join("pred");
-    let out = ovkd(&[
-        "predict",
-        "--classes",
-        "circle,star",
+    // A BARON detector exports to a bundle that reads its pseudo-words with the bundled text
+    // tower: the same detections as from the run, for given names and for the vocabulary.
+    let bundle = tmp.path().join("bundle");
+    ovkd(&[
+        "export",
+        "bundle",
         "--checkpoint",
         s(&run),
         "--out",
-        s(&pred),
-        "--score-thresh",
-        "0.0",
-        s(&img),
+        s(&bundle),
     ]);
-    assert!(out.contains("detections in 1 images"), "{out}");
+    let predict = |source: [&str; 2], classes: Option<&str>, out: &Path| {
+        let mut args = vec!["predict", source[0], source[1], "--out", s(out)];
+        args.extend(["--score-thresh", "0.0", s(&img)]);
+        if let Some(c) = classes {
+            args.extend(["--classes", c]);
+        }
+        let text = ovkd(&args);
+        assert!(text.contains("detections in 1 images"), "{text}");
+        let read = |f: &str| std::fs::read(out.join(f)).unwrap();
+        (read("detections.json"), read("classes.json"))
+    };
+    for classes in [Some("circle,star"), None] {
+        let tag = if classes.is_some() { "given" } else { "vocab" };
+        let by_run = predict(
+            ["--checkpoint", s(&run)],
+            classes,
+            &tmp.path().join(format!("pred-run-{tag}")),
+        );
+        let by_bundle = predict(
+            ["--bundle", s(&bundle)],
+            classes,
+            &tmp.path().join(format!("pred-bundle-{tag}")),
+        );
+        assert_eq!(by_run, by_bundle, "{tag}");
+        let dets: Vec<serde_json::Value> = serde_json::from_slice(&by_run.0).unwrap();
+        assert!(!dets.is_empty(), "a threshold of 0 keeps detections");
+        // Without --classes, the run's vocabulary with its splits.
+        let listed: Vec<serde_json::Value> = serde_json::from_slice(&by_run.1).unwrap();
+        let vocab = ovkd_data::Vocabulary::load(data.join("vocab.toml")).unwrap();
+        let want = if classes.is_some() {
+            2
+        } else {
+            vocab.classes.len()
+        };
+        assert_eq!(listed.len(), want, "{listed:?}");
+        if classes.is_none() {
+            for (c, l) in vocab.classes.iter().zip(&listed) {
+                assert_eq!(l["name"], c.name.as_str());
+                assert_eq!(l["split"] == "novel", c.is_novel(), "{l}");
+            }
+        }
+    }
 
     let err = ovkd_fails(&[
         "train",

@@ -307,19 +307,21 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// `ovkd predict` of `task` with `source` (`--checkpoint X` or `--bundle X`) into `out`.
-fn predict(task: &str, source: [&str; 2], classes: &str, images: &[PathBuf], out: &Path) {
+/// `ovkd predict` of `task` with `source` (`--checkpoint X` or `--bundle X`) into `out`, for
+/// `classes` (default: the student's vocabulary).
+fn predict(task: &str, source: [&str; 2], classes: Option<&str>, images: &[PathBuf], out: &Path) {
     let mut args = vec![
         "predict",
         "--task",
         task,
         source[0],
         source[1],
-        "--classes",
-        classes,
         "--out",
         s(out),
     ];
+    if let Some(c) = classes {
+        args.extend(["--classes", c]);
+    }
     if task == "det" {
         args.extend(["--score-thresh", "0.0"]);
     }
@@ -388,9 +390,17 @@ fn bundles_predict_as_their_run_did_with_nothing_else_on_disk() {
         predict(
             task,
             ["--checkpoint", s(&run)],
-            &classes,
+            Some(&classes),
             &images,
             &by_run.join(task),
+        );
+        // Without --classes: the run's own vocabulary.
+        predict(
+            task,
+            ["--checkpoint", s(&run)],
+            None,
+            &images,
+            &by_run.join(format!("{task}-vocab")),
         );
     }
 
@@ -403,11 +413,35 @@ fn bundles_predict_as_their_run_did_with_nothing_else_on_disk() {
         predict(
             task,
             ["--bundle", s(&bundles.join(student))],
-            &classes,
+            Some(&classes),
             &images,
             &by_bundle.join(task),
         );
+        // Without --classes: the bundle's vocabulary and the embeddings it carries give what
+        // the run gave for its vocabulary.
+        let vocab = format!("{task}-vocab");
+        predict(
+            task,
+            ["--bundle", s(&bundles.join(student))],
+            None,
+            &images,
+            &by_bundle.join(&vocab),
+        );
+        assert_eq!(
+            files(&by_run.join(&vocab)),
+            files(&by_bundle.join(&vocab)),
+            "{vocab}"
+        );
     }
+    let listed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(by_bundle.join("seg-vocab/classes.json")).unwrap())
+            .unwrap();
+    let n_vocab = vocab["class"].as_array().unwrap().len();
+    assert_eq!(
+        listed.as_object().unwrap().len(),
+        n_vocab + 1,
+        "background and every vocabulary class: {listed}"
+    );
     let det_run = files(&by_run.join("det"));
     assert_eq!(det_run, files(&by_bundle.join("det")));
     let dets: Vec<serde_json::Value> = serde_json::from_slice(
@@ -426,7 +460,7 @@ fn bundles_predict_as_their_run_did_with_nothing_else_on_disk() {
     predict(
         "det",
         ["--bundle", s(&bundles.join("detector"))],
-        "purple blob",
+        Some("purple blob"),
         &images,
         &alone,
     );

@@ -48,7 +48,7 @@ fn tiny_tower(dir: &Path) -> PseudoWordEncoder {
     std::fs::write(&path, json).unwrap();
     let cfg = ClipConfig::from_file(&path).unwrap();
     let model = ClipModel::random(&cfg, 7, &Device::flex()).unwrap();
-    PseudoWordEncoder::new(&model, 18, 19).unwrap()
+    PseudoWordEncoder::new(&model.text_model, &model.text_projection, 18, 19).unwrap()
 }
 
 fn host<const N: usize>(t: Tensor<N>) -> Vec<f32> {

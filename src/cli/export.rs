@@ -6,7 +6,8 @@
 //! `ovkd export bundle` writes a self-contained folder (see [`ovkd_distill::bundle`] for its
 //! layout): the student's weights and config, the vocabulary it was trained with and that
 //! vocabulary's text embeddings, and the teacher's text tower, tokenizer and prompt templates,
-//! so that `ovkd predict --bundle B --classes ...` embeds new class names with nothing else.
+//! so that `ovkd predict --bundle B` runs on that vocabulary, or embeds new class names
+//! (`--classes ...`), with nothing else.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Context;
 use super::predict::{Task, host_embeds};
+use super::train_detector::ClassList;
 
 /// `ovkd export` subcommands.
 #[derive(Subcommand, Debug)]
@@ -97,6 +99,8 @@ struct Parts<'a, M: Module> {
     embed_dim: usize,
     data_root: Option<PathBuf>,
     teacher: PathBuf,
+    /// The texts each vocabulary class is embedded from, as the run embedded them.
+    class_texts: &'a dyn Fn(&ovkd_data::Vocabulary) -> Vec<Vec<String>>,
 }
 
 fn bundle(ctx: &Context, a: BundleArgs) -> Result<()> {
@@ -126,6 +130,7 @@ fn bundle(ctx: &Context, a: BundleArgs) -> Result<()> {
                     embed_dim: det_cfg.box_head.embed_dim,
                     data_root: cfg.data.root.clone(),
                     teacher: teacher_of(&cfg.teacher.path)?,
+                    class_texts: &|v| ClassList::of_config(v, &cfg.teacher).names,
                 },
             )?
         }
@@ -150,6 +155,7 @@ fn bundle(ctx: &Context, a: BundleArgs) -> Result<()> {
                     embed_dim: cfg.segmenter.embed_dim,
                     data_root: cfg.data.root.clone(),
                     teacher: teacher_of(&cfg.teacher.path)?,
+                    class_texts: &|v| ClassList::of(v).names,
                 },
             )?
         }
@@ -203,11 +209,7 @@ fn write<M: Module>(out: &Path, p: Parts<'_, M>) -> Result<Manifest> {
 
     let (text, _) = TextTeacher::load(&text_dir, &Device::flex())?;
     let vocab = ovkd_data::Vocabulary::load(w.dir().join(VOCAB))?;
-    let names: Vec<Vec<String>> = vocab
-        .classes
-        .iter()
-        .map(|c| c.all_names().map(String::from).collect())
-        .collect();
+    let names = (p.class_texts)(&vocab);
     let embeds = host_embeds(
         text.class_embeds(&names, &p.templates)
             .context("embedding the vocabulary")?,

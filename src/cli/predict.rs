@@ -6,9 +6,13 @@
 //! tower come from a run (`--checkpoint`) or from a bundle of `ovkd export bundle` (`--bundle`),
 //! which gives the same outputs with nothing else on disk. The output folder gets
 //!
+//! Without `--classes` the student's own vocabulary is used: the bundle's (with the text
+//! embeddings the bundle holds) or the run's data vocabulary.
+//!
 //! ```text
 //! OUT/detections.json   COCO results: image_id = position of the image among IMAGES (from 1),
-//!                       category_id = position of the name in --classes (from 1)
+//!                       category_id = position of the class in --classes or the vocabulary
+//!                       (from 1)
 //! OUT/images.json       [{id, file_name, width, height}]: which image each id is
 //! OUT/classes.json      [{id, name, split}]: split "base" for names the detector was trained
 //!                       on, "novel" otherwise (the ensemble weights them differently)
@@ -25,15 +29,15 @@ use image::{Rgb, RgbImage};
 use ovkd_data::coco::CocoResult;
 use ovkd_data::loader::load_rgb;
 use ovkd_detector::{Detector, DetectorConfig};
-use ovkd_distill::bundle::{Bundle, BundleTask, STUDENT_CONFIG, VOCAB};
-use ovkd_distill::det::{InferenceConfig, ScoreSource};
+use ovkd_distill::bundle::{Bundle, BundleTask, STUDENT_CONFIG, VOCAB, VOCAB_EMBEDS};
+use ovkd_distill::det::{InferenceConfig, PseudoWordEncoder, ScoreSource};
 use ovkd_teacher::embed::TextTeacher;
 use serde::Serialize;
 
 use super::Context;
 use super::export::DetSettings;
 use super::train_detector::{
-    checkpoint_dir, config_of_checkpoint, detect_images, draw_detections, load_detector,
+    ClassList, checkpoint_dir, config_of_checkpoint, detect_images, draw_detections, load_detector,
     load_teacher, tensor2, text_embeds, write_png,
 };
 
@@ -53,9 +57,11 @@ pub struct PredictArgs {
     /// Which student.
     #[arg(long, value_enum, default_value = "det")]
     pub task: Task,
-    /// Comma-separated class names, e.g. "star,heart,ring".
+    /// Comma-separated class names, e.g. "star,heart,ring" (`|` joins synonyms into one
+    /// class: "circle|disc"); default: the vocabulary the student was trained with (the
+    /// bundle's, or the run's data vocabulary).
     #[arg(long)]
-    pub classes: String,
+    pub classes: Option<String>,
     /// A checkpoint folder (`ckpt-NNNNNN/`) or a run directory (its newest checkpoint of the
     /// task's student).
     #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
@@ -131,22 +137,47 @@ struct DetSource {
     inference: InferenceConfig,
     /// Default `--size`.
     size: Option<usize>,
-    /// The names the detector was trained on (lowercase, synonyms included).
-    trained: Vec<String>,
-    /// The names' text embeddings, row-major [K, D].
+    /// The classes' display names (the first name of each).
+    names: Vec<String>,
+    /// Whether each class is novel (not trained on): the ensemble weights it so.
+    novel: Vec<bool>,
+    /// The classes' text embeddings, row-major [K, D].
     text: Vec<f32>,
     dim: usize,
     /// A BARON detector's path from pseudo-words through the teacher's text tower.
-    encoder: Option<ovkd_distill::det::PseudoWordEncoder>,
+    encoder: Option<PseudoWordEncoder>,
 }
 
-/// The names of the base classes of a vocabulary, lowercase, synonyms included: a predicted
-/// name among them is `base` (the ensemble weights it so).
-fn base_names(vocab: &ovkd_data::Vocabulary) -> Vec<String> {
-    vocab
-        .base()
+/// The classes `--classes` names, each a list of texts (name first, then synonyms); `None`
+/// without the flag, meaning the student's own vocabulary.
+pub fn requested_classes(args: &PredictArgs) -> Result<Option<Vec<Vec<String>>>> {
+    let Some(arg) = args.classes.as_deref() else {
+        return Ok(None);
+    };
+    let classes = super::predict_seg::parse_classes(arg)?;
+    if classes.is_empty() {
+        bail!("--classes: give at least one class name");
+    }
+    Ok(Some(classes))
+}
+
+/// Whether each of `classes` is novel: a class is base when one of its texts is a name or
+/// synonym (any case) of a base class of `vocab`; without a vocabulary every class is novel.
+fn novel_flags(classes: &[Vec<String>], vocab: Option<&ovkd_data::Vocabulary>) -> Vec<bool> {
+    let base: Vec<String> = vocab
+        .into_iter()
+        .flat_map(|v| v.base())
         .flat_map(|c| c.all_names().map(str::to_lowercase).collect::<Vec<_>>())
+        .collect();
+    classes
+        .iter()
+        .map(|c| !c.iter().any(|n| base.contains(&n.to_lowercase())))
         .collect()
+}
+
+/// The display name of each class: its first text.
+fn display_names(classes: &[Vec<String>]) -> Vec<String> {
+    classes.iter().map(|c| c[0].clone()).collect()
 }
 
 /// Opens and verifies a bundle of `task`, and loads its text half on `device`.
@@ -183,6 +214,21 @@ pub fn open_bundle(
     Ok((bundle, text))
 }
 
+/// The embeddings a bundle holds for `vocab`, its vocabulary: host [K * D], checked to have a
+/// row per class.
+pub fn vocab_embeds(bundle: &Bundle, vocab: &ovkd_data::Vocabulary) -> Result<Vec<f32>> {
+    let (text, k) = bundle.vocab_embeds()?;
+    if k != vocab.classes.len() {
+        bail!(
+            "{}: {k} class embeddings for the {} classes of {}",
+            bundle.file(VOCAB_EMBEDS).display(),
+            vocab.classes.len(),
+            bundle.file(VOCAB).display()
+        );
+    }
+    Ok(text)
+}
+
 /// The class names' embeddings by a text half, host [K * D].
 pub fn host_embeds(t: Tensor<2>) -> Result<Vec<f32>> {
     t.into_data()
@@ -191,36 +237,58 @@ pub fn host_embeds(t: Tensor<2>) -> Result<Vec<f32>> {
         .map_err(|e| anyhow!("reading text embeddings: {e:?}"))
 }
 
-fn det_from_bundle(path: &Path, names: &[String], device: &Device) -> Result<DetSource> {
+fn det_from_bundle(
+    path: &Path,
+    classes: Option<&[Vec<String>]>,
+    device: &Device,
+) -> Result<DetSource> {
     let (bundle, teacher) = open_bundle(path, BundleTask::Det, &Device::flex())?;
     let settings: DetSettings = bundle.inference()?;
     let det_cfg: DetectorConfig = bundle.read_json(STUDENT_CONFIG)?;
-    if det_cfg.box_head.pseudo_words > 0 {
-        bail!(
-            "{}: a BARON detector (pseudo-words through the text tower), which bundles do not \
-             carry yet; predict with --checkpoint RUN",
-            path.display()
-        );
-    }
+    // A BARON detector reads its pseudo-words with the bundled text tower.
+    let encoder = if det_cfg.box_head.pseudo_words > 0 {
+        Some(PseudoWordEncoder::from_text_teacher(&teacher)?)
+    } else {
+        None
+    };
     let vocab = ovkd_data::Vocabulary::load(bundle.file(VOCAB))?;
-    let per_class: Vec<Vec<String>> = names.iter().map(|n| vec![n.clone()]).collect();
-    let text = teacher
-        .class_embeds(&per_class, &bundle.manifest.templates)
-        .context("embedding the class names with the bundle's text tower")?;
+    let (names, novel, text) = match classes {
+        Some(c) => {
+            let text = teacher
+                .class_embeds(c, &bundle.manifest.templates)
+                .context("embedding the class names with the bundle's text tower")?;
+            (
+                display_names(c),
+                novel_flags(c, Some(&vocab)),
+                host_embeds(text)?,
+            )
+        }
+        None => {
+            let text = vocab_embeds(&bundle, &vocab)?;
+            let names = vocab.classes.iter().map(|c| c.name.clone()).collect();
+            let novel = vocab.classes.iter().map(|c| c.is_novel()).collect();
+            (names, novel, text)
+        }
+    };
     let dim = teacher.dim();
     let model = bundle.load_student(det_cfg.init(device)?)?;
     Ok(DetSource {
         model,
         inference: settings.inference,
         size: settings.size,
-        trained: base_names(&vocab),
-        text: host_embeds(text)?,
+        names,
+        novel,
+        text,
         dim,
-        encoder: None,
+        encoder,
     })
 }
 
-fn det_from_checkpoint(args: &PredictArgs, names: &[String], device: &Device) -> Result<DetSource> {
+fn det_from_checkpoint(
+    args: &PredictArgs,
+    classes: Option<&[Vec<String>]>,
+    device: &Device,
+) -> Result<DetSource> {
     let checkpoint = args
         .checkpoint
         .as_ref()
@@ -231,28 +299,40 @@ fn det_from_checkpoint(args: &PredictArgs, names: &[String], device: &Device) ->
         (Some(t), _) | (None, Some(t)) => t.clone(),
         (None, None) => bail!("--teacher: the run's config names no teacher"),
     };
-    // A name is base when the detector was trained on it (a base class of the run's
-    // vocabulary, by name or synonym).
-    let trained: Vec<String> = match &cfg.data.root {
-        Some(root) => ovkd_data::Vocabulary::load(root.join("vocab.toml"))
-            .map(|v| base_names(&v))
-            .unwrap_or_default(),
-        None => Vec::new(),
+    // The run's vocabulary says which names are base; without --classes it is the list.
+    let vocab = match &cfg.data.root {
+        Some(root) => match ovkd_data::Vocabulary::load(root.join("vocab.toml")) {
+            Ok(v) => Some(v),
+            Err(e) if classes.is_some() => {
+                tracing::warn!("{e}: every --classes name counts as novel");
+                None
+            }
+            Err(e) => return Err(e).context("the run's vocabulary (no --classes given)"),
+        },
+        None => None,
+    };
+    let (class_texts, novel) = match classes {
+        Some(c) => (c.to_vec(), novel_flags(c, vocab.as_ref())),
+        None => {
+            let v = vocab.as_ref().context(
+                "--classes: not given, and the run's config names no data root (data.root) \
+                 whose vocabulary to use",
+            )?;
+            let list = ClassList::of_config(v, &cfg.teacher);
+            (list.names, list.novel)
+        }
     };
     let teacher = load_teacher(&teacher_path)?;
-    let per_class: Vec<Vec<String>> = names.iter().map(|n| vec![n.clone()]).collect();
     // The run's own text cache (RUN/cache/text beside RUN/detector/ckpt-*).
     let cache = ckpt
         .parent()
         .and_then(|d| d.parent())
         .map(|run| run.join("cache").join("text"))
         .unwrap_or_else(|| std::env::temp_dir().join("ovkd-predict-text"));
-    let (text, dim) = text_embeds(&teacher, &per_class, &cfg.teacher.templates, &cache)?;
+    let (text, dim) = text_embeds(&teacher, &class_texts, &cfg.teacher.templates, &cache)?;
     // A BARON detector classifies its pseudo-words through the teacher's text tower.
     let encoder = if det_cfg.box_head.pseudo_words > 0 {
-        Some(ovkd_distill::det::PseudoWordEncoder::from_teacher(
-            &teacher,
-        )?)
+        Some(PseudoWordEncoder::from_teacher(&teacher)?)
     } else {
         None
     };
@@ -268,7 +348,8 @@ fn det_from_checkpoint(args: &PredictArgs, names: &[String], device: &Device) ->
         model: load_detector(&ckpt, &det_cfg, device)?,
         inference: cfg.eval.inference.clone(),
         size: None,
-        trained,
+        names: display_names(&class_texts),
+        novel,
         text,
         dim,
         encoder,
@@ -280,33 +361,22 @@ fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
     if args.window.is_some() || args.stride.is_some() {
         bail!("--window and --stride are for --task seg");
     }
-    let names: Vec<String> = args
-        .classes
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    if names.is_empty() {
-        bail!("--classes: give at least one class name");
-    }
+    let classes = requested_classes(&args)?;
     let (_, device) = ctx.device.resolve();
     let DetSource {
         model,
         mut inference,
         size,
-        trained,
+        names,
+        novel,
         text,
         dim,
         encoder,
     } = match &args.bundle {
-        Some(b) => det_from_bundle(b, &names, &device)?,
-        None => det_from_checkpoint(&args, &names, &device)?,
+        Some(b) => det_from_bundle(b, classes.as_deref(), &device)?,
+        None => det_from_checkpoint(&args, classes.as_deref(), &device)?,
     };
     let size = args.size.or(size);
-    let novel: Vec<bool> = names
-        .iter()
-        .map(|n| !trained.contains(&n.to_lowercase()))
-        .collect();
     if let Some(s) = args.scores {
         inference.scores = match s {
             Scores::Text => ScoreSource::Text,

@@ -17,12 +17,14 @@ use ovkd_distill::seg::evaluate::{LabelMap, student_label_maps};
 use ovkd_segmenter::InferenceMode;
 use ovkd_teacher::embed::Teacher;
 
-use ovkd_distill::bundle::{BundleTask, STUDENT_CONFIG};
+use ovkd_data::Vocabulary;
+use ovkd_distill::bundle::{BundleTask, STUDENT_CONFIG, VOCAB};
 use ovkd_segmenter::SegmenterConfig;
 
 use super::Context;
 use super::export::SegSettings;
-use super::predict::{PredictArgs, open_bundle};
+use super::predict::{PredictArgs, open_bundle, requested_classes, vocab_embeds};
+use super::train_detector::{ClassList, tensor2};
 use super::train_segmenter::{checkpoint_dir, config_of_checkpoint, load_segmenter};
 
 /// A distinct colour per label (0, the background, is never painted).
@@ -91,14 +93,7 @@ pub fn run_seg(ctx: &Context, args: &PredictArgs) -> Result<()> {
     if args.scores.is_some() || args.score_thresh.is_some() || args.size.is_some() {
         bail!("--scores, --score-thresh and --size are for --task det");
     }
-    let class_names = parse_classes(&args.classes)?;
-    let names: Vec<String> = class_names.iter().map(|n| n[0].clone()).collect();
-    if names.is_empty() {
-        bail!("--classes: give at least one class name");
-    }
-    if names.len() > 254 {
-        bail!("--classes: at most 254 names fit an 8-bit label map");
-    }
+    let requested = requested_classes(args)?;
     let mode = match (args.window, args.stride) {
         (None, None) => InferenceMode::Whole,
         (Some(window), stride) => InferenceMode::Slide {
@@ -109,16 +104,29 @@ pub fn run_seg(ctx: &Context, args: &PredictArgs) -> Result<()> {
     };
     mode.validate()?;
     let (_, device) = ctx.device.resolve();
-    let (model, embeds, mean, std) = match &args.bundle {
+    let (model, embeds, mean, std, class_names) = match &args.bundle {
         Some(b) => {
             let (bundle, teacher) = open_bundle(b, BundleTask::Seg, &device)?;
             let settings: SegSettings = bundle.inference()?;
             let seg_cfg: SegmenterConfig = bundle.read_json(STUDENT_CONFIG)?;
-            let embeds = teacher
-                .class_embeds(&class_names, &bundle.manifest.templates)
-                .context("embedding the class names with the bundle's text tower")?;
+            let (embeds, class_names) = match requested {
+                Some(c) => {
+                    let embeds = teacher
+                        .class_embeds(&c, &bundle.manifest.templates)
+                        .context("embedding the class names with the bundle's text tower")?;
+                    (embeds, c)
+                }
+                // The bundle's own vocabulary, with the embeddings it was exported with.
+                None => {
+                    let vocab = Vocabulary::load(bundle.file(VOCAB))?;
+                    let embeds = vocab_embeds(&bundle, &vocab)?;
+                    let k = vocab.classes.len();
+                    let embeds = tensor2(&embeds, k, bundle.manifest.embed_dim, &device);
+                    (embeds, ClassList::of(&vocab).names)
+                }
+            };
             let model = bundle.load_student(seg_cfg.init(&device)?)?;
-            (model, embeds, settings.mean, settings.std)
+            (model, embeds, settings.mean, settings.std, class_names)
         }
         None => {
             let checkpoint = args
@@ -142,14 +150,37 @@ pub fn run_seg(ctx: &Context, args: &PredictArgs) -> Result<()> {
                     cfg.segmenter.embed_dim
                 );
             }
+            let class_names = match requested {
+                Some(c) => c,
+                None => {
+                    let root = cfg.data.root.as_ref().context(
+                        "--classes: not given, and the run's config names no data root \
+                         (data.root) whose vocabulary to use",
+                    )?;
+                    ClassList::of(&Vocabulary::load(root.join("vocab.toml"))?).names
+                }
+            };
             let embeds = DenseTeacher::class_embeds(&teacher, &class_names, &cfg.distill.templates)
                 .map_err(anyhow::Error::msg)
                 .context("embedding the class names")?;
             let model = load_segmenter(&cfg, &ckpt, &device)
                 .with_context(|| format!("loading {}", ckpt.display()))?;
-            (model, embeds, cfg.data.augment.mean, cfg.data.augment.std)
+            (
+                model,
+                embeds,
+                cfg.data.augment.mean,
+                cfg.data.augment.std,
+                class_names,
+            )
         }
     };
+    let names: Vec<String> = class_names.iter().map(|n| n[0].clone()).collect();
+    if names.len() > 254 {
+        bail!(
+            "at most 254 classes fit an 8-bit label map, {} given",
+            names.len()
+        );
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let values: Vec<u16> = (0..=names.len() as u16).collect();

@@ -7,9 +7,10 @@
 //! The tower's parameters live on a plain device: on an autodiff device they are constants,
 //! so gradients reach the pseudo-words (and through them the student) and nothing else.
 
+use burn::nn::Linear;
 use burn::tensor::{Int, Tensor, TensorData};
-use ovkd_teacher::ClipModel;
-use ovkd_teacher::embed::Teacher;
+use ovkd_teacher::clip::TextTransformer;
+use ovkd_teacher::embed::{Teacher, TextTeacher};
 
 use super::DetError;
 
@@ -45,7 +46,8 @@ pub fn sine_embedding(boxes: &[[f32; 4]], width: usize, temperature: f32) -> Vec
 /// The frozen text tower that turns pseudo-word sequences into embeddings.
 #[derive(Debug, Clone)]
 pub struct PseudoWordEncoder {
-    model: ClipModel,
+    text_model: TextTransformer,
+    text_projection: Linear,
     sot: Vec<f32>,
     eot: Vec<f32>,
     /// Token-embedding width W.
@@ -65,9 +67,15 @@ fn host(t: Tensor<2>) -> Vec<f32> {
 }
 
 impl PseudoWordEncoder {
-    /// The tower of `model` with its start and end tokens `sot`, `eot`.
-    pub fn new(model: &ClipModel, sot: u32, eot: u32) -> Result<Self, DetError> {
-        let table = model.text_model.token_embedding.val();
+    /// The text tower `text_model` and its projection, with its start and end tokens `sot`,
+    /// `eot`.
+    pub fn new(
+        text_model: &TextTransformer,
+        text_projection: &Linear,
+        sot: u32,
+        eot: u32,
+    ) -> Result<Self, DetError> {
+        let table = text_model.token_embedding.val();
         let [v, width] = table.dims();
         if sot as usize >= v || eot as usize >= v {
             return Err(DetError::Other(format!(
@@ -82,11 +90,12 @@ impl PseudoWordEncoder {
             / v as f32;
         let row = |i: u32| rows[i as usize * width..(i as usize + 1) * width].to_vec();
         Ok(Self {
-            model: model.clone(),
+            text_model: text_model.clone(),
+            text_projection: text_projection.clone(),
             sot: row(sot),
             eot: row(eot),
             width,
-            context: model.text_model.context_length(),
+            context: text_model.context_length(),
             token_norm,
         })
     }
@@ -94,7 +103,19 @@ impl PseudoWordEncoder {
     /// The tower of a loaded teacher.
     pub fn from_teacher(teacher: &Teacher) -> Result<Self, DetError> {
         Self::new(
-            &teacher.model,
+            &teacher.model.text_model,
+            &teacher.model.text_projection,
+            teacher.tokenizer.sot(),
+            teacher.tokenizer.eot(),
+        )
+    }
+
+    /// The tower of a teacher's text half alone (an export bundle's `text/`): the same
+    /// encoder as [`Self::from_teacher`] on the whole teacher.
+    pub fn from_text_teacher(teacher: &TextTeacher) -> Result<Self, DetError> {
+        Self::new(
+            &teacher.tower.text_model,
+            &teacher.tower.text_projection,
             teacher.tokenizer.sot(),
             teacher.tokenizer.eot(),
         )
@@ -141,9 +162,9 @@ impl PseudoWordEncoder {
         }
         let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [s * l]), &device);
         let x = table.select(0, idx).reshape([s, l, w]);
-        let pooled = self.model.text_model.forward_embeds(x, &eots).pooled;
+        let pooled = self.text_model.forward_embeds(x, &eots).pooled;
         Ok(ovkd_teacher::clip::model::l2_normalize(
-            self.model.text_projection.forward(pooled),
+            self.text_projection.forward(pooled),
         ))
     }
 
@@ -153,7 +174,7 @@ impl PseudoWordEncoder {
         let [n, pw] = pseudo_words.dims();
         let p = pw / self.width.max(1);
         if n == 0 {
-            let d = self.model.text_projection.weight.dims()[1];
+            let d = self.text_projection.weight.dims()[1];
             return Ok(Tensor::zeros([0, d], &pseudo_words.device()));
         }
         let seqs: Vec<Vec<usize>> = (0..n).map(|i| (i * p..(i + 1) * p).collect()).collect();

@@ -246,6 +246,16 @@ pub fn export_detector(
     spec: &DetExport,
 ) -> Result<ModelProto, ExportError> {
     check_size(spec.size)?;
+    if model.config.box_head.pseudo_words > 0 {
+        // Its region embeddings come from pseudo-words read by the teacher's text tower, which
+        // is not in this graph: the head's own embedding output would score nothing it learnt.
+        return Err(ExportError::Model(format!(
+            "a BARON detector (box_head.pseudo_words = {}) classifies regions through the \
+             teacher's text tower, which the ONNX graph does not hold; export it with \
+             `ovkd export bundle` instead",
+            model.config.box_head.pseudo_words
+        )));
+    }
     let [c, d] = text_embeds.dims();
     if c != spec.class_names.len() {
         return Err(ExportError::Model(format!(

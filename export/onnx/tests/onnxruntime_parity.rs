@@ -154,6 +154,17 @@ fn detector_matches_onnxruntime() {
             class_names: ["a", "b", "c", "d"].map(String::from).to_vec(),
         };
         let onnx = ovkd_onnx::export_detector(&model, text.clone(), &spec).unwrap();
+        // A BARON head (pseudo-words for the text tower) is refused, not exported wrong.
+        let mut baron = cfg.clone();
+        baron.box_head.pseudo_words = 3;
+        baron.box_head.word_dim = 8;
+        let err = ovkd_onnx::export_detector(&baron.init(&device).unwrap(), text.clone(), &spec)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("BARON") && err.contains("export bundle"),
+            "{err}"
+        );
         let image = test_image(size, &device);
         let boxes = ovkd_onnx::detector::check_boxes(&model, image.clone(), 16);
         assert!(boxes.len() > 4);
