@@ -85,8 +85,10 @@ pub struct PretrainConfig {
     /// Split each batch into this many shards whose forward and backward passes run in
     /// parallel (rayon), each on its own autodiff graph, their gradients summed (1: one pass).
     /// The image → text loss is the same either way; the text → image loss of a shard ranks
-    /// its own images only. One pass of this small model keeps about one core busy, so on two
-    /// cores two shards make a step take about half the time.
+    /// its own images only. A pass of this small model keeps about one core busy (run 8:
+    /// 0.98 of a core on two), which shards could use; not shown faster: under load, 150
+    /// steps at batch 32 took 36.8 s with two shards against 25.1 s with one (BENCHMARKS,
+    /// Teacher, run 9), so the presets keep 1.
     #[serde(default = "one")]
     pub data_parallel: usize,
     /// Sampling and augmentation.
@@ -110,7 +112,7 @@ impl PretrainConfig {
     /// `quick` (a smoke run of a minute or two), `default` (the built-in teacher, ≤ 10 minutes
     /// on two cores) or `large`.
     pub fn preset(name: &str) -> Result<Self, TeacherError> {
-        // Sized for two shared CPU cores: a small tower gets a couple of thousand steps in
+        // Sized for two shared CPU cores: a small tower gets several thousand small steps in
         // the time limit (backward dominates a step). 48 px crops (6 x 6 patches of 8 px)
         // rather than 40 (5 x 5): at 800 steps 63.9% against 61.6%, with circle, hexagon and
         // pentagon (which differ by a few corner pixels) at 40 / 30 / 33% against
