@@ -108,18 +108,23 @@ else
 fi
 
 # The segmenter embeds into the teacher's joint space; the class list comes from the
-# vocabulary, in id order (label k = the k-th class), synonyms joined by '|'.
+# vocabulary, in id order (label k = the k-th class), synonyms joined by '|' unless the run's
+# resolved config says `teacher.synonyms = false` (prediction embeds the names training did).
 read -r EMBED_DIM < <(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["projection_dim"])' "$RUN/teacher/config.json")
-read -r NUM_CLASSES CLASSES < <(python3 - "$RUN/data/vocab.toml" <<'EOF'
+class_list() {  # class_list RUN_CONFIG: prints the number of labels and the --classes argument
+  python3 - "$RUN/data/vocab.toml" "$1" <<'EOF'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
     classes = sorted(tomllib.load(f)["class"], key=lambda c: c["id"])
+with open(sys.argv[2], "rb") as f:
+    synonyms = tomllib.load(f).get("teacher", {}).get("synonyms", True)
 ids = [c["id"] for c in classes]
 if ids != list(range(1, len(ids) + 1)):
     sys.exit(f"{sys.argv[1]}: class ids must be 1..K for label PNGs, got {ids}")
-print(len(ids) + 1, ",".join("|".join([c["name"], *c.get("synonyms", [])]) for c in classes))
+names = [[c["name"], *(c.get("synonyms", []) if synonyms else [])] for c in classes]
+print(len(ids) + 1, ",".join("|".join(n) for n in names))
 EOF
-)
+}
 COMMON=(--set "segmenter.embed_dim=$EMBED_DIM" --set "data.root=$RUN/data" --set "teacher.path=$RUN/teacher")
 
 # experiment NAME DIR [--set ...]: train into DIR/segmenter, predict the val images, score them.
@@ -130,10 +135,12 @@ experiment() {
   rm -rf "$dir/segmenter" "$dir/eval/seg_pred"
   stage "train-$name" "$OVKD" train segmenter --config "$CONFIG" --run "$dir" --quiet --no-eval \
     "${COMMON[@]}" "${SETS[@]}" "$@"
-  stage "predict-$name" "$OVKD" predict --task seg --classes "$CLASSES" --checkpoint "$dir" \
+  local num_classes classes
+  read -r num_classes classes < <(class_list "$dir/segmenter/config.toml")
+  stage "predict-$name" "$OVKD" predict --task seg --classes "$classes" --checkpoint "$dir" \
     --out "$dir/eval/seg_pred" "$RUN"/data/val/images/*.png
   stage "eval-$name" "$OVKD" eval seg --gt "$RUN/data/val/semantic" --pred "$dir/eval/seg_pred" \
-    --num-classes "$NUM_CLASSES" --vocab "$RUN/data/vocab.toml" --out "$dir/eval/seg.json"
+    --num-classes "$num_classes" --vocab "$RUN/data/vocab.toml" --out "$dir/eval/seg.json"
 }
 
 mkdir -p "$RUN/cache"

@@ -268,6 +268,7 @@ fn a_tiny_segmenter_overfits_one_image() {
             class_values: vec![1, 2, 3],
             candidate_values: vec![],
             teacher_features: None,
+            crop: None,
             device: device.clone(),
         },
     )
@@ -385,11 +386,20 @@ fn self_training_task(ip: &Path, lp: &Path, pseudo: Arc<Vec<Vec<u8>>>, device: &
         SegTaskInputs {
             dataset: SegTrainSet::new(vec![(ip.to_path_buf(), lp.to_path_buf()); 2])
                 .with_pseudo(pseudo),
-            loader: loader(2),
+            // Scale jitter up to 1.5x and random 32 px crops back (the green square stays
+            // partly in every window), so the resume check below covers the crops' streams.
+            loader: LoaderConfig {
+                augment: AugmentConfig {
+                    scale_jitter: Some([1.0, 1.5]),
+                    ..loader(2).augment
+                },
+                ..loader(2)
+            },
             class_embeds: classes,
             class_values: vec![1, 2, 3],
             candidate_values: vec![3],
             teacher_features: None,
+            crop: Some(32),
             device: device.clone(),
         },
     )

@@ -69,6 +69,11 @@ pub struct DataSection {
     /// Training augmentation (resize, scale jitter, flip, normalisation).
     #[serde(default = "train_augment")]
     pub augment: AugmentConfig,
+    /// Crop each training image (after `augment`) to a random window of this side: with
+    /// `augment.scale_jitter` above 1 this trains on random-resized crops at the cost of the
+    /// unjittered size. `None`: whole images.
+    #[serde(default)]
+    pub crop: Option<usize>,
 }
 
 fn train_augment() -> AugmentConfig {
@@ -79,7 +84,7 @@ fn train_augment() -> AugmentConfig {
 }
 
 /// Which teacher.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherSection {
     /// A CLIP checkpoint directory (Hugging Face layout); default `RUN/teacher`.
@@ -88,10 +93,29 @@ pub struct TeacherSection {
     /// Images per teacher forward pass when computing dense features.
     #[serde(default = "default_teacher_batch")]
     pub batch: usize,
+    /// Average each class's synonyms (from the vocabulary) into its text embedding too; false:
+    /// its name alone (as the detector's `teacher.synonyms`). Prediction must embed the same
+    /// names (`bench/ov_shapes_segmenter.sh` reads this from the run's config).
+    #[serde(default = "default_synonyms")]
+    pub synonyms: bool,
 }
 
 fn default_teacher_batch() -> usize {
     32
+}
+
+fn default_synonyms() -> bool {
+    true
+}
+
+impl Default for TeacherSection {
+    fn default() -> Self {
+        Self {
+            path: None,
+            batch: default_teacher_batch(),
+            synonyms: default_synonyms(),
+        }
+    }
 }
 
 /// How the student is evaluated.
@@ -212,22 +236,23 @@ pub fn bar(n: usize, what: &str, quiet: bool) -> ProgressBar {
     b
 }
 
-/// The class names of every vocabulary class (name first, then synonyms), in vocabulary order,
-/// with their ids and whether they are novel.
+/// The class names of every vocabulary class (name first, then synonyms unless `synonyms` is
+/// false), in vocabulary order, with their ids and whether they are novel.
 struct ClassList {
     names: Vec<Vec<String>>,
     ids: Vec<i64>,
     novel: Vec<bool>,
 }
 
-fn class_list(vocab: &ovkd_data::Vocabulary) -> ClassList {
+fn class_list(vocab: &ovkd_data::Vocabulary, synonyms: bool) -> ClassList {
     let mut out = ClassList {
         names: Vec::new(),
         ids: Vec::new(),
         novel: Vec::new(),
     };
     for c in &vocab.classes {
-        out.names.push(c.all_names().map(String::from).collect());
+        let names = c.all_names().take(if synonyms { usize::MAX } else { 1 });
+        out.names.push(names.map(String::from).collect());
         out.ids.push(c.id as i64);
         out.novel.push(c.is_novel());
     }
@@ -321,7 +346,7 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
     let data = DatasetDir::open(&data_root)
         .with_context(|| format!("opening the data set {}", data_root.display()))?;
     let vocab = data.vocabulary()?;
-    let classes = class_list(&vocab);
+    let classes = class_list(&vocab, cfg.teacher.synonyms);
     if classes.ids.iter().any(|&id| id <= 0 || id >= 255) {
         bail!(
             "{}: class ids must be in 1..255 (0 is the background, 255 the ignore index)",
@@ -572,6 +597,7 @@ pub fn run(ctx: &Context, args: TrainSegmenterArgs) -> Result<()> {
                 size_divisor: ovkd_segmenter::segmenter::SIZE_DIVISOR,
                 augment: cfg.data.augment.clone(),
             },
+            crop: cfg.data.crop,
             class_embeds: rows(&all_embeds, &train_rows),
             class_values: train_rows.iter().map(|&r| classes.ids[r]).collect(),
             candidate_values: if with_novel {
@@ -721,4 +747,40 @@ pub fn config_of_checkpoint(ckpt: &Path) -> Result<SegTrainConfig> {
 pub fn load_segmenter(cfg: &SegTrainConfig, ckpt: &Path, device: &Device) -> Result<Segmenter> {
     let model = cfg.segmenter.init(device)?;
     Ok(Checkpoints::load_model(ckpt, model)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn teacher_synonyms_false_embeds_each_class_by_its_name_alone() {
+        let vocab = ovkd_data::Vocabulary::from_toml_str(
+            "name = \"v\"\n[[class]]\nid = 1\nname = \"circle\"\nsynonyms = [\"disc\", \"disk\"]\nsplit = \"base\"\n[[class]]\nid = 4\nname = \"star\"\nsynonyms = [\"five-pointed star\"]\nsplit = \"novel\"\n",
+            Path::new("vocab.toml"),
+        )
+        .unwrap();
+        // A config that does not name the key keeps what earlier runs did.
+        let section: TeacherSection = toml::from_str("batch = 8").unwrap();
+        assert!(section.synonyms);
+        assert_eq!(
+            section,
+            TeacherSection {
+                batch: 8,
+                ..TeacherSection::default()
+            }
+        );
+        let with = class_list(&vocab, section.synonyms);
+        assert_eq!(
+            with.names,
+            [
+                vec!["circle", "disc", "disk"],
+                vec!["star", "five-pointed star"]
+            ]
+        );
+        let without = class_list(&vocab, false);
+        assert_eq!(without.names, [vec!["circle"], vec!["star"]]);
+        assert_eq!(without.ids, with.ids);
+        assert_eq!(without.novel, [false, true]);
+    }
 }

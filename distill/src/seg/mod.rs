@@ -9,11 +9,13 @@
 //! - [`feature_distill`]: L1 / cosine between student and teacher pixel embeddings.
 //! - [`teacher`]: what the task needs from a teacher ([`DenseTeacher`]).
 //! - [`cache`]: the teacher's dense features of every training image, computed once.
+//! - [`crop`]: random crops of a collated batch (with the loader's scale jitter).
 //! - [`dataset`]: training samples with the teacher's pseudo-labels merged in.
 //! - [`task`]: [`SegTask`], one training step for [`crate::train::train`].
 //! - [`evaluate`]: label maps of a data set and the teacher's zero-shot (MaskCLIP) label maps.
 
 pub mod cache;
+pub mod crop;
 pub mod dataset;
 pub mod evaluate;
 pub mod feature_distill;

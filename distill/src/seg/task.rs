@@ -4,7 +4,8 @@
 //!
 //! Step `s` reads batch `s mod n` of epoch `s / n` of the loader, whose shuffling and
 //! augmentation are seeded by (seed, epoch, image), and which pseudo-label source it uses is a
-//! function of `s`: a resumed run sees exactly the batches and labels an uninterrupted one does.
+//! function of `s`: a resumed run sees exactly the batches and labels an uninterrupted one does
+//! (random crops too: [`random_crop`] draws from (seed, epoch, image)).
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SegError;
 use super::cache::TeacherFeatures;
+use super::crop::random_crop;
 use super::dataset::{PSEUDO_OFFSET, SegTrainSet};
 use super::feature_distill::{FeatureDistillConfig, feature_distill_loss};
 use super::lseg::{IGNORE, nll_sum};
@@ -103,6 +105,9 @@ pub struct SegTaskInputs {
     pub dataset: SegTrainSet,
     /// Batching, shuffling and augmentation.
     pub loader: LoaderConfig,
+    /// Crop each collated image to a random window of this side ([`random_crop`], seeded by
+    /// the loader's seed); `None` trains on whole images.
+    pub crop: Option<usize>,
     /// Text embeddings of the training label set's classes (background excluded) `[K, D]`.
     pub class_embeds: Tensor<2>,
     /// The label value of each row of `class_embeds`; the background's value is 0.
@@ -126,6 +131,8 @@ pub struct SegTask {
     teacher_features: Option<Arc<TeacherFeatures>>,
     teacher_labels: bool,
     device: Device,
+    crop: Option<usize>,
+    seed: u64,
     batches_per_epoch: usize,
     epoch_cache: Option<(u64, Vec<Vec<usize>>)>,
 }
@@ -190,6 +197,17 @@ impl SegTask {
                 "feature distillation needs the teacher's dense features".into(),
             ));
         }
+        if inputs.crop.is_some() && cfg.feature.weight > 0.0 {
+            // The teacher's feature maps are aligned to whole (resized, flipped) images.
+            return Err(bad(
+                "data.crop",
+                "random crops and feature distillation do not go together".into(),
+            ));
+        }
+        if inputs.crop == Some(0) {
+            return Err(bad("data.crop", "must be at least 1".into()));
+        }
+        let seed = inputs.loader.seed;
         let loader = DataLoader::new(Arc::new(inputs.dataset), inputs.loader);
         let batches_per_epoch = loader.num_batches();
         if batches_per_epoch == 0 {
@@ -204,6 +222,8 @@ impl SegTask {
             candidate_channels,
             teacher_features: inputs.teacher_features,
             device: inputs.device,
+            crop: inputs.crop,
+            seed,
             batches_per_epoch,
             epoch_cache: None,
         })
@@ -263,7 +283,10 @@ impl SegTask {
     pub fn run_step(&mut self, model: &Segmenter, step: usize) -> Result<StepOutput, SegError> {
         let indices = self.batch_indices(step);
         let epoch = (step / self.batches_per_epoch) as u64;
-        let hb = self.loader.load_batch(&indices, epoch)?;
+        let mut hb = self.loader.load_batch(&indices, epoch)?;
+        if let Some(size) = self.crop {
+            hb = random_crop(hb, size, self.seed, epoch);
+        }
         let [b, _, h, w] = hb.shape;
         let sem = hb.semantic.as_ref().ok_or_else(|| SegError::Config {
             field: "data".into(),
