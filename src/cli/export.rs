@@ -155,7 +155,7 @@ fn bundle(ctx: &Context, a: BundleArgs) -> Result<()> {
                     embed_dim: cfg.segmenter.embed_dim,
                     data_root: cfg.data.root.clone(),
                     teacher: teacher_of(&cfg.teacher.path)?,
-                    class_texts: &|v| ClassList::of(v).names,
+                    class_texts: &|v| ClassList::texts(v, cfg.teacher.synonyms).names,
                 },
             )?
         }

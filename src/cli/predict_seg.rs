@@ -157,7 +157,8 @@ pub fn run_seg(ctx: &Context, args: &PredictArgs) -> Result<()> {
                         "--classes: not given, and the run's config names no data root \
                          (data.root) whose vocabulary to use",
                     )?;
-                    ClassList::of(&Vocabulary::load(root.join("vocab.toml"))?).names
+                    let vocab = Vocabulary::load(root.join("vocab.toml"))?;
+                    ClassList::texts(&vocab, cfg.teacher.synonyms).names
                 }
             };
             let embeds = DenseTeacher::class_embeds(&teacher, &class_names, &cfg.distill.templates)

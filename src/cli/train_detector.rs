@@ -417,15 +417,20 @@ impl ClassList {
         }
     }
 
-    /// Every class of `vocab`, by its name alone unless `teacher.synonyms`.
-    pub fn of_config(vocab: &ovkd_data::Vocabulary, teacher: &TeacherSection) -> Self {
+    /// Every class of `vocab`, by its name alone unless `synonyms`.
+    pub fn texts(vocab: &ovkd_data::Vocabulary, synonyms: bool) -> Self {
         let mut all = Self::of(vocab);
-        if !teacher.synonyms {
+        if !synonyms {
             for n in &mut all.names {
                 n.truncate(1);
             }
         }
         all
+    }
+
+    /// Every class of `vocab`, by its name alone unless `teacher.synonyms`.
+    pub fn of_config(vocab: &ovkd_data::Vocabulary, teacher: &TeacherSection) -> Self {
+        Self::texts(vocab, teacher.synonyms)
     }
 
     /// Only the base classes.

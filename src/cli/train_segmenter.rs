@@ -245,18 +245,12 @@ struct ClassList {
 }
 
 fn class_list(vocab: &ovkd_data::Vocabulary, synonyms: bool) -> ClassList {
-    let mut out = ClassList {
-        names: Vec::new(),
-        ids: Vec::new(),
-        novel: Vec::new(),
-    };
-    for c in &vocab.classes {
-        let names = c.all_names().take(if synonyms { usize::MAX } else { 1 });
-        out.names.push(names.map(String::from).collect());
-        out.ids.push(c.id as i64);
-        out.novel.push(c.is_novel());
+    let all = super::train_detector::ClassList::texts(vocab, synonyms);
+    ClassList {
+        names: all.names,
+        ids: all.ids.iter().map(|&id| id as i64).collect(),
+        novel: all.novel,
     }
-    out
 }
 
 /// Rows `rows` of `t` `[K, D]`.
