@@ -4,10 +4,9 @@
 //! The names are embedded by the teacher's text tower (the run's prompt templates) at
 //! inference time, so the student detects whatever it is asked for. The student and the text
 //! tower come from a run (`--checkpoint`) or from a bundle of `ovkd export bundle` (`--bundle`),
-//! which gives the same outputs with nothing else on disk. The output folder gets
-//!
-//! Without `--classes` the student's own vocabulary is used: the bundle's (with the text
-//! embeddings the bundle holds) or the run's data vocabulary.
+//! which gives the same outputs with nothing else on disk. Without `--classes` the student's own
+//! vocabulary is used: the bundle's (with the text embeddings the bundle holds) or the run's
+//! data vocabulary. The output folder gets
 //!
 //! ```text
 //! OUT/detections.json   COCO results: image_id = position of the image among IMAGES (from 1),
