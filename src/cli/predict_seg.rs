@@ -3,7 +3,8 @@
 //! The names are embedded by the teacher's text tower at inference time (the run's teacher, or
 //! the text tower of an export bundle with `--bundle`), so the student segments whatever it is
 //! asked for. For each image `NAME.ext` the output folder gets
-//! `NAME.png` (8-bit labels: 0 background, k the k-th name of `--classes`) and
+//! `NAME.png` (8-bit labels: 0 background, k the k-th class of `--classes`, or of the student's
+//! vocabulary without it) and
 //! `NAME_overlay.png` (the image with each class painted in its colour), plus `classes.json`.
 
 use std::io::Cursor;
