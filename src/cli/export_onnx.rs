@@ -18,7 +18,7 @@ use ovkd_teacher::embed::Teacher;
 
 use super::Context;
 use super::predict::Task;
-use super::predict_seg::parse_classes;
+use super::predict::parse_classes;
 
 /// Arguments of `ovkd export onnx`.
 #[derive(Args, Debug)]

@@ -147,13 +147,34 @@ struct DetSource {
     encoder: Option<PseudoWordEncoder>,
 }
 
+/// `--classes`: one entry per comma, each a `|`-separated list of names (first the name,
+/// then synonyms); empty entries are skipped.
+pub fn parse_classes(arg: &str) -> Result<Vec<Vec<String>>> {
+    let mut out = Vec::new();
+    for (i, item) in arg.split(',').enumerate() {
+        if item.trim().is_empty() {
+            continue;
+        }
+        let names: Vec<String> = item
+            .split('|')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if names.is_empty() {
+            bail!("--classes: entry {} ({item:?}) has no name", i + 1);
+        }
+        out.push(names);
+    }
+    Ok(out)
+}
+
 /// The classes `--classes` names, each a list of texts (name first, then synonyms); `None`
 /// without the flag, meaning the student's own vocabulary.
 pub fn requested_classes(args: &PredictArgs) -> Result<Option<Vec<Vec<String>>>> {
     let Some(arg) = args.classes.as_deref() else {
         return Ok(None);
     };
-    let classes = super::predict_seg::parse_classes(arg)?;
+    let classes = parse_classes(arg)?;
     if classes.is_empty() {
         bail!("--classes: give at least one class name");
     }
@@ -456,4 +477,23 @@ fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
         args.out.join("detections.json").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_split_on_commas_and_synonyms_on_bars() {
+        let c = parse_classes("circle | disc|disk, star,,heart").unwrap();
+        assert_eq!(
+            c,
+            vec![
+                vec!["circle".to_string(), "disc".into(), "disk".into()],
+                vec!["star".to_string()],
+                vec!["heart".to_string()],
+            ]
+        );
+        assert!(parse_classes("star,|").is_err());
+    }
 }

@@ -68,27 +68,6 @@ fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
     Ok(())
 }
 
-/// `--classes`: one entry per comma, each a `|`-separated list of names (first the name,
-/// then synonyms); empty entries are skipped.
-pub fn parse_classes(arg: &str) -> Result<Vec<Vec<String>>> {
-    let mut out = Vec::new();
-    for (i, item) in arg.split(',').enumerate() {
-        if item.trim().is_empty() {
-            continue;
-        }
-        let names: Vec<String> = item
-            .split('|')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if names.is_empty() {
-            bail!("--classes: entry {} ({item:?}) has no name", i + 1);
-        }
-        out.push(names);
-    }
-    Ok(out)
-}
-
 /// Runs `ovkd predict --task seg`.
 pub fn run_seg(ctx: &Context, args: &PredictArgs) -> Result<()> {
     if args.scores.is_some() || args.score_thresh.is_some() || args.size.is_some() {
@@ -247,20 +226,6 @@ pub fn run_seg(ctx: &Context, args: &PredictArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn classes_split_on_commas_and_synonyms_on_bars() {
-        let c = parse_classes("circle | disc|disk, star,,heart").unwrap();
-        assert_eq!(
-            c,
-            vec![
-                vec!["circle".to_string(), "disc".into(), "disk".into()],
-                vec!["star".to_string()],
-                vec!["heart".to_string()],
-            ]
-        );
-        assert!(parse_classes("star,|").is_err());
-    }
 
     #[test]
     fn palette_colours_are_distinct() {
