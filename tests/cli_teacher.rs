@@ -8,10 +8,10 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn parity(tol: &str) -> std::process::Output {
+fn parity(device: &str, tol: &str) -> std::process::Output {
     let tiny = root().join("fixtures/clip/tiny");
     Command::new(env!("CARGO_BIN_EXE_ovkd"))
-        .args(["--device", "cpu", "teacher", "parity", "--checkpoint"])
+        .args(["--device", device, "teacher", "parity", "--checkpoint"])
         .arg(&tiny)
         .arg("--inputs")
         .arg(tiny.join("inputs.safetensors"))
@@ -22,9 +22,8 @@ fn parity(tol: &str) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
-fn parity_passes_on_the_tiny_fixture_and_fails_below_its_error() {
-    let out = parity("1e-4");
+fn assert_parity_passes(device: &str) {
+    let out = parity(device, "1e-4");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -39,10 +38,24 @@ fn parity_passes_on_the_tiny_fixture_and_fails_below_its_error() {
     ] {
         assert!(stdout.contains(name), "{stdout}");
     }
+    assert!(stdout.contains(&format!("device: {device}")), "{stdout}");
+}
+
+#[test]
+fn parity_passes_on_the_tiny_fixture_and_fails_below_its_error() {
+    assert_parity_passes("cpu");
     // No float32 implementation reproduces every value bit for bit.
-    let out = parity("1e-12");
+    let out = parity("cpu", "1e-12");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("exceeds --tol"));
+}
+
+/// The second backend: LibTorch on the CPU, only in a binary built with `--features tch`
+/// (`LIBTORCH_USE_PYTORCH=1`, and LibTorch's libraries on `LD_LIBRARY_PATH` to run).
+#[cfg(feature = "tch")]
+#[test]
+fn parity_passes_on_tch_cpu() {
+    assert_parity_passes("tch-cpu");
 }
 
 #[test]
