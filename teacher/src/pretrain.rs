@@ -95,7 +95,9 @@ pub struct PretrainConfig {
     pub data_parallel: usize,
     /// Decay per step of an exponential moving average of the weights (0: off). When on, the
     /// average is what the zero-shot checks classify with and what is saved (checkpoints and
-    /// the final model), not the last step's weights.
+    /// the final model), not the last step's weights. Off in the presets: at 3,000 steps
+    /// 0.998 gave 81.0% against 81.4% without (BENCHMARKS, Teacher, run 11); the cosine
+    /// schedule already ends at learning rate 0.
     #[serde(default)]
     pub ema_decay: f64,
     /// Sampling and augmentation.
