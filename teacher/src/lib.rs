@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod clip;
+pub mod ema;
 pub mod embed;
 pub mod error;
 pub mod io;
