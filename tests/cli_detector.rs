@@ -171,6 +171,53 @@ fn proposals_cache_train_predict_and_eval() {
     ]);
     assert!(out.contains("AP50"), "{out}");
 
+    // --dump-regions: what the heads said about every val region, one line per image; it
+    // changes nothing about the detections.
+    let dump = tmp.path().join("regions.jsonl");
+    let out = ovkd(&[
+        "train",
+        "detector",
+        "--config",
+        s(&config),
+        "--run",
+        s(&run),
+        "--quiet",
+        "--eval-only",
+        "--eval-name",
+        "dump",
+        "--dump-regions",
+        s(&dump),
+    ]);
+    assert!(out.contains("AP50 base"), "{out}");
+    assert_eq!(
+        std::fs::read(run.join("eval/dump.detections.json")).unwrap(),
+        std::fs::read(&dets).unwrap()
+    );
+    let text = std::fs::read_to_string(&dump).unwrap();
+    let vocab: toml::Table =
+        toml::from_str(&std::fs::read_to_string(data.join("vocab.toml")).unwrap()).unwrap();
+    let num_classes = vocab["class"].as_array().unwrap().len();
+    assert_eq!(text.lines().count(), 2, "one line per val image");
+    for line in text.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let n = r["boxes"].as_array().unwrap().len();
+        assert!(n > 0, "{line}");
+        assert_eq!(r["proposal_scores"].as_array().unwrap().len(), n);
+        let text_rows = r["text_logits"].as_array().unwrap();
+        let image_rows = r["image_cosines"].as_array().unwrap();
+        assert_eq!((text_rows.len(), image_rows.len()), (n, n));
+        let c = image_rows[0].as_array().unwrap().len();
+        assert_eq!(c, num_classes);
+        assert_eq!(
+            text_rows[0].as_array().unwrap().len(),
+            1 + c,
+            "background + classes"
+        );
+        for cos in image_rows.iter().flat_map(|row| row.as_array().unwrap()) {
+            assert!(cos.as_f64().unwrap().abs() <= 1.0 + 1e-5, "{cos}");
+        }
+    }
+
     // Predict any names: one base, one novel, one the vocabulary does not have.
     let vocab = std::fs::read_to_string(data.join("vocab.toml")).unwrap();
     let vocab: toml::Table = toml::from_str(&vocab).unwrap();

@@ -430,6 +430,7 @@ fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
             encoder.as_ref(),
         )?
         .pop()
+        .map(|(d, _)| d)
         .unwrap_or_default();
         for k in 0..dets.len() {
             results.push(CocoResult {

@@ -16,7 +16,7 @@
 //! The ViLD-image regions come from the embedding cache (`RUN/cache/regions` by default), made
 //! by `ovkd proposals` and `ovkd teacher embed`.
 
-use std::io::Cursor;
+use std::io::{Cursor, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,7 +34,7 @@ use ovkd_data::transforms::AugmentConfig;
 use ovkd_detector::{Detections, Detector, DetectorConfig, ImageBatch};
 use ovkd_distill::det::{
     BagCache, DetDistillConfig, DetTask, DetTaskMode, DistillMethod, InferenceConfig,
-    PseudoWordEncoder, RegionSource, detect,
+    PseudoWordEncoder, RegionHeads, RegionSource, detect_with_regions,
 };
 use ovkd_distill::train::{Checkpoints, LoopOptions, TrainConfig, train};
 use ovkd_teacher::embed::Teacher;
@@ -63,6 +63,11 @@ pub struct TrainDetectorArgs {
     /// The report's name: `RUN/eval/NAME.json` (default `det`).
     #[arg(long, default_value = "det")]
     pub eval_name: String,
+    /// Also write what the heads said about every val region before scoring (JSON Lines, one
+    /// image per line: RPN objectness, refined boxes, the text head's logits over background
+    /// + classes, the image head's cosines), to study the scoring (`bench/det_scoring.py`).
+    #[arg(long, value_name = "FILE")]
+    pub dump_regions: Option<PathBuf>,
 }
 
 /// Where the data is and how training images are augmented.
@@ -577,7 +582,8 @@ pub fn chw01(img: &RgbImage) -> (Vec<f32>, [usize; 2]) {
 }
 
 /// Runs the detector on images (each resized so its longer side is `max_side`, when given)
-/// and returns detections in the original images' pixels.
+/// and returns detections, and what the heads said about every region, in the original
+/// images' pixels.
 pub fn detect_images(
     model: &Detector,
     images: &[RgbImage],
@@ -587,7 +593,7 @@ pub fn detect_images(
     max_side: Option<usize>,
     device: &Device,
     encoder: Option<&PseudoWordEncoder>,
-) -> Result<Vec<Detections>> {
+) -> Result<Vec<(Detections, RegionHeads)>> {
     let mut inputs = Vec::with_capacity(images.len());
     let mut scales = Vec::with_capacity(images.len());
     for img in images {
@@ -611,10 +617,12 @@ pub fn detect_images(
     }
     let views: Vec<(&[f32], [usize; 2])> = inputs.iter().map(|(v, s)| (v.as_slice(), *s)).collect();
     let batch = ImageBatch::from_chw(&views, 32, device)?;
-    let mut dets = detect(model, &batch, text.clone(), is_novel, cfg, encoder)?;
-    for (d, [sx, sy]) in dets.iter_mut().zip(scales) {
-        for b in d.boxes.0.iter_mut() {
-            *b = [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy];
+    let mut dets = detect_with_regions(model, &batch, text.clone(), is_novel, cfg, encoder)?;
+    for ((d, heads), [sx, sy]) in dets.iter_mut().zip(scales) {
+        for boxes in [&mut d.boxes, &mut heads.boxes, &mut heads.proposals] {
+            for b in boxes.0.iter_mut() {
+                *b = [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy];
+            }
         }
     }
     Ok(dets)
@@ -704,6 +712,28 @@ pub fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
     Ok(())
 }
 
+/// One JSON line of `--dump-regions`: an image's regions as the heads saw them
+/// ([`RegionHeads`]; boxes `[x1, y1, x2, y2]` in image pixels, row-major matrices as nested
+/// arrays, `temperature` the text head's, by which its logits were divided).
+pub fn region_dump_line(image_id: u64, heads: &RegionHeads, temperature: f32) -> Result<String> {
+    let n = heads.boxes.len();
+    let rows = |v: &[f32]| -> Vec<Vec<f32>> {
+        if n == 0 {
+            return Vec::new();
+        }
+        v.chunks(v.len() / n).map(<[f32]>::to_vec).collect()
+    };
+    let line = serde_json::json!({
+        "image_id": image_id,
+        "temperature": temperature,
+        "proposal_scores": heads.proposal_scores,
+        "boxes": heads.boxes.0,
+        "text_logits": rows(&heads.text_logits),
+        "image_cosines": heads.image_cosines.as_deref().map(rows),
+    });
+    Ok(serde_json::to_string(&line)?)
+}
+
 /// What [`evaluate_val`] found.
 pub struct EvalOutcome {
     /// The report (with base / novel / all splits).
@@ -715,7 +745,8 @@ pub struct EvalOutcome {
 /// Scores `model` on the val split of `data` against every vocabulary class: writes
 /// `out/detections.json` (COCO results; `out/<name>.detections.json` when `name` is not
 /// `det`), `out/<name>.json` (the `ovkd eval det --out` report)
-/// and draws the first `cfg.draw` images into `out/det_vis/`.
+/// and draws the first `cfg.draw` images into `out/det_vis/`; with `dump`, also writes what the
+/// heads said about every region there ([`region_dump_line`]).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_val(
     model: &Detector,
@@ -729,8 +760,14 @@ pub fn evaluate_val(
     device: &Device,
     quiet: bool,
     encoder: Option<&PseudoWordEncoder>,
+    dump: Option<&Path>,
 ) -> Result<EvalOutcome> {
     let t0 = Instant::now();
+    // Streamed (a large val set's dump is gigabytes), renamed into place when complete.
+    let mut dump_file = dump
+        .map(ovkd_data::io::AtomicWriter::create)
+        .transpose()
+        .context("creating the region dump")?;
     let gt_path = data.instances_path("val");
     let coco = CocoDataset::read(&gt_path)?;
     let text = tensor2(text_all, classes.len(), dim, device);
@@ -762,7 +799,12 @@ pub fn evaluate_val(
             device,
             encoder,
         )?;
-        for ((im, rgb), d) in chunk.iter().zip(&rgbs).zip(&dets) {
+        for ((im, rgb), (d, heads)) in chunk.iter().zip(&rgbs).zip(&dets) {
+            if let Some(f) = dump_file.as_mut() {
+                let line = region_dump_line(im.id, heads, model.box_head.temperature)?;
+                writeln!(f, "{line}")
+                    .with_context(|| format!("writing {}", f.temp_path().display()))?;
+            }
             for i in 0..d.len() {
                 let b = d.boxes.0[i];
                 results.push(CocoResult {
@@ -786,6 +828,9 @@ pub fn evaluate_val(
     }
     bar.finish_and_clear();
     let inference_seconds = t0.elapsed().as_secs_f64();
+    if let Some(f) = dump_file {
+        f.commit().context("writing the region dump")?;
+    }
     // `det` (the run's own report) keeps the documented name; other reports (e.g. the
     // score-source ablations) get their own file so they do not overwrite it.
     let dets_path = if name == "det" {
@@ -1141,6 +1186,7 @@ fn finish_eval(
         device,
         args.common.quiet,
         encoder,
+        args.dump_regions.as_deref(),
     )?;
     println!(
         "val ({:?} scores): {} ({:.1} s inference); {}",

@@ -199,23 +199,41 @@ pub fn detect(
     encoder: Option<&PseudoWordEncoder>,
 ) -> Result<Vec<Detections>, DetError> {
     Ok(
-        detect_with_proposals(model, batch, text_embeds, is_novel, cfg, encoder)?
+        detect_with_regions(model, batch, text_embeds, is_novel, cfg, encoder)?
             .into_iter()
             .map(|(d, _)| d)
             .collect(),
     )
 }
 
-/// [`detect`], also returning each image's RPN proposals (best first), e.g. to measure their
-/// recall of novel objects.
-pub fn detect_with_proposals(
+/// What the two heads said about every region of one image, before scoring: what the
+/// scoring rules are built from (`ovkd train detector --eval-only --dump-regions`).
+#[derive(Debug, Clone, Default)]
+pub struct RegionHeads {
+    /// RPN proposals `N` (best first).
+    pub proposals: Boxes,
+    /// Their objectness probabilities `N`.
+    pub proposal_scores: Vec<f32>,
+    /// The proposals refined by the box head and clipped: `N`.
+    pub boxes: Boxes,
+    /// Text head: cosine logits over the learned background (column 0) and the `C` classes,
+    /// divided by the head's temperature: `[N, 1 + C]` row-major.
+    pub text_logits: Vec<f32>,
+    /// Image head: cosines with the `C` class texts, `[N, C]` row-major (None without an
+    /// image branch).
+    pub image_cosines: Option<Vec<f32>>,
+}
+
+/// [`detect`], also returning what the heads said about each image's regions (e.g. to
+/// measure the proposals' recall of novel objects, or to study the scoring).
+pub fn detect_with_regions(
     model: &Detector,
     batch: &ImageBatch,
     text_embeds: Tensor<2>,
     is_novel: &[bool],
     cfg: &InferenceConfig,
     encoder: Option<&PseudoWordEncoder>,
-) -> Result<Vec<(Detections, Boxes)>, DetError> {
+) -> Result<Vec<(Detections, RegionHeads)>, DetError> {
     let c = text_embeds.dims()[0];
     if is_novel.len() != c {
         return Err(DetError::Other(format!(
@@ -227,7 +245,11 @@ pub fn detect_with_proposals(
     let mut out = Vec::with_capacity(preds.len());
     for (p, size) in preds.into_iter().zip(&batch.sizes) {
         if p.boxes.is_empty() {
-            out.push((Detections::default(), p.proposals));
+            let heads = RegionHeads {
+                proposals: p.proposals,
+                ..RegionHeads::default()
+            };
+            out.push((Detections::default(), heads));
             continue;
         }
         let region_embeds = match (encoder, p.pseudo_words) {
@@ -239,6 +261,20 @@ pub fn detect_with_proposals(
             }
             (None, _) => p.region_embeds,
         };
+        let heads = RegionHeads {
+            text_logits: to_vec(
+                model
+                    .box_head
+                    .logits(region_embeds.clone(), text_embeds.clone()),
+            ),
+            image_cosines: p
+                .image_embeds
+                .clone()
+                .map(|e| to_vec(e.matmul(l2_normalize(text_embeds.clone()).transpose()))),
+            proposals: p.proposals,
+            proposal_scores: p.proposal_scores,
+            boxes: p.boxes.clone(),
+        };
         let scores = region_scores(
             model,
             region_embeds,
@@ -248,7 +284,7 @@ pub fn detect_with_proposals(
             cfg,
         )?;
         let d = select_detections(&p.boxes, &scores, c, *size, &cfg.postprocess);
-        out.push((d, p.proposals));
+        out.push((d, heads));
     }
     Ok(out)
 }

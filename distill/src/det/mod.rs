@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 pub use bag_cache::{BagCache, CachedBag};
 pub use bags::{Bag, BagConfig};
 pub use baron::BaronConfig;
-pub use infer::{InferenceConfig, ScoreSource, detect, detect_with_proposals, region_scores};
+pub use infer::{
+    InferenceConfig, RegionHeads, ScoreSource, detect, detect_with_regions, region_scores,
+};
 pub use proposals::{ImageProposals, ProposalSet, RecallStats, best_iou};
 pub use pseudo_boxes::{PseudoBox, PseudoBoxConfig};
 pub use pseudo_words::PseudoWordEncoder;
