@@ -273,6 +273,24 @@ impl PretrainConfig {
         }
     }
 
+    /// Settings no run can use, named: zero batch, shards or steps, a decay outside [0, 1).
+    pub fn check(&self) -> Result<(), TeacherError> {
+        let bad = |m: String| Err(TeacherError::InvalidRequest(m));
+        if self.batch_size == 0 || self.steps == 0 || self.data_parallel == 0 {
+            return bad(format!(
+                "batch_size {}, steps {}, data_parallel {}: each must be at least 1",
+                self.batch_size, self.steps, self.data_parallel
+            ));
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad(format!(
+                "ema_decay {}: expected 0 (off) or a decay in (0, 1), e.g. 0.998",
+                self.ema_decay
+            ));
+        }
+        Ok(())
+    }
+
     /// Learning rate at `step`, `elapsed` into the run: linear warm-up over `warmup` steps,
     /// then a cosine to zero over the run, whose progress is the larger of steps done and
     /// time used.
@@ -487,6 +505,7 @@ pub fn pretrain(
     device: &Device,
     mut progress: impl FnMut(PretrainEvent<'_>),
 ) -> Result<PretrainReport, TeacherError> {
+    cfg.check()?;
     let split = data.join("pretrain");
     let pairs: Vec<CaptionPair> = read_captions(&split)?;
     if pairs.is_empty() {
@@ -907,6 +926,12 @@ mod tests {
         assert_eq!(c.ema_decay, 0.0);
         c.set("ema_decay=0.998").unwrap();
         assert_eq!(c.ema_decay, 0.998);
+        c.check().unwrap();
+        for bad in ["ema_decay=1.0", "ema_decay=-0.5", "data_parallel=0"] {
+            let mut b = c.clone();
+            b.set(bad).unwrap();
+            assert!(b.check().is_err(), "{bad}");
+        }
         let mut old = serde_json::to_value(&c).unwrap();
         old.as_object_mut().unwrap().remove("ema_decay");
         let old: PretrainConfig = serde_json::from_value(old).unwrap();
