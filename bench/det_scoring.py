@@ -66,12 +66,14 @@ def heads(r, t_img=T_IMG):
     return tx, tx.sum(1, keepdims=True), softmax(r['image'] / t_img)
 
 
-def ovkd_rule(r, t_img=T_IMG, obj_power=1.0, text_only_base=False):
+def ovkd_rule(r, t_img=T_IMG, obj_power=1.0, text_only_base=False, novel_obj='text'):
     """eval.inference.scores = ensemble with background_from_text (infer.rs), generalised:
-    novel `p_obj^obj_power * image`; base `p_obj * (text/p_obj)^λ * image^(1-λ)`."""
+    novel `obj^obj_power * image` with obj the text head's p_obj or the RPN's objectness
+    (`novel_objectness`); base `p_obj * (text/p_obj)^λ * image^(1-λ)`."""
     tx, p_obj, im = heads(r, t_img)
+    obj = p_obj if novel_obj == 'text' else r['rpn'][:, None]
     s = np.zeros_like(im)
-    s[:, novel] = im[:, novel] * p_obj ** obj_power
+    s[:, novel] = im[:, novel] * obj ** obj_power
     lam = 1.0 if text_only_base else LAMBDA
     s[:, base] = (tx / np.maximum(p_obj, 1e-12)) ** lam * im[:, base] ** (1 - lam) * p_obj
     return s
@@ -148,7 +150,8 @@ print('\nAP50 rebuilt from the dump:\n')
 print('| scoring | base | novel | all |')
 print('| --- | ---: | ---: | ---: |')
 for name, kw in [
-    (f'the run\'s (ensemble, background from the text head, image temperature {T_IMG})', {}),
+    (f'ensemble, background from the text head, image temperature {T_IMG}', {}),
+    ('same, novel objectness from the RPN (novel_objectness = "rpn")', dict(novel_obj='rpn')),
     ('novel: p_obj^0.5 x image', dict(obj_power=0.5)),
     ('novel: p_obj^2 x image', dict(obj_power=2.0)),
     ('image temperature 0.03', dict(t_img=0.03)),

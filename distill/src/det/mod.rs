@@ -26,7 +26,8 @@ pub use bag_cache::{BagCache, CachedBag};
 pub use bags::{Bag, BagConfig};
 pub use baron::BaronConfig;
 pub use infer::{
-    InferenceConfig, RegionHeads, ScoreSource, detect, detect_with_regions, region_scores,
+    InferenceConfig, NovelObjectness, RegionHeads, ScoreSource, detect, detect_with_regions,
+    region_scores,
 };
 pub use proposals::{ImageProposals, ProposalSet, RecallStats, best_iou};
 pub use pseudo_boxes::{PseudoBox, PseudoBoxConfig};
