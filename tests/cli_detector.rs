@@ -171,6 +171,10 @@ fn proposals_cache_train_predict_and_eval() {
     ]);
     assert!(out.contains("AP50"), "{out}");
 
+    let vocab = std::fs::read_to_string(data.join("vocab.toml")).unwrap();
+    let vocab: toml::Table = toml::from_str(&vocab).unwrap();
+    let classes = vocab["class"].as_array().unwrap();
+
     // --dump-regions: what the heads said about every val region, one line per image; it
     // changes nothing about the detections.
     let dump = tmp.path().join("regions.jsonl");
@@ -194,9 +198,7 @@ fn proposals_cache_train_predict_and_eval() {
         std::fs::read(&dets).unwrap()
     );
     let text = std::fs::read_to_string(&dump).unwrap();
-    let vocab: toml::Table =
-        toml::from_str(&std::fs::read_to_string(data.join("vocab.toml")).unwrap()).unwrap();
-    let num_classes = vocab["class"].as_array().unwrap().len();
+    let num_classes = classes.len();
     assert_eq!(text.lines().count(), 2, "one line per val image");
     for line in text.lines() {
         let r: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -219,9 +221,6 @@ fn proposals_cache_train_predict_and_eval() {
     }
 
     // Predict any names: one base, one novel, one the vocabulary does not have.
-    let vocab = std::fs::read_to_string(data.join("vocab.toml")).unwrap();
-    let vocab: toml::Table = toml::from_str(&vocab).unwrap();
-    let classes = vocab["class"].as_array().unwrap();
     let name = |split: &str| {
         classes
             .iter()

@@ -428,6 +428,7 @@ fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
             size,
             &device,
             encoder.as_ref(),
+            false,
         )?
         .pop()
         .map(|(d, _)| d)

@@ -582,8 +582,9 @@ pub fn chw01(img: &RgbImage) -> (Vec<f32>, [usize; 2]) {
 }
 
 /// Runs the detector on images (each resized so its longer side is `max_side`, when given)
-/// and returns detections, and what the heads said about every region, in the original
-/// images' pixels.
+/// and returns detections and their regions (with `head_outputs`, also what the heads said
+/// about each), in the original images' pixels.
+#[allow(clippy::too_many_arguments)]
 pub fn detect_images(
     model: &Detector,
     images: &[RgbImage],
@@ -593,6 +594,7 @@ pub fn detect_images(
     max_side: Option<usize>,
     device: &Device,
     encoder: Option<&PseudoWordEncoder>,
+    head_outputs: bool,
 ) -> Result<Vec<(Detections, RegionHeads)>> {
     let mut inputs = Vec::with_capacity(images.len());
     let mut scales = Vec::with_capacity(images.len());
@@ -617,7 +619,15 @@ pub fn detect_images(
     }
     let views: Vec<(&[f32], [usize; 2])> = inputs.iter().map(|(v, s)| (v.as_slice(), *s)).collect();
     let batch = ImageBatch::from_chw(&views, 32, device)?;
-    let mut dets = detect_with_regions(model, &batch, text.clone(), is_novel, cfg, encoder)?;
+    let mut dets = detect_with_regions(
+        model,
+        &batch,
+        text.clone(),
+        is_novel,
+        cfg,
+        encoder,
+        head_outputs,
+    )?;
     for ((d, heads), [sx, sy]) in dets.iter_mut().zip(scales) {
         for boxes in [&mut d.boxes, &mut heads.boxes, &mut heads.proposals] {
             for b in boxes.0.iter_mut() {
@@ -718,7 +728,7 @@ pub fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
 pub fn region_dump_line(image_id: u64, heads: &RegionHeads, temperature: f32) -> Result<String> {
     let n = heads.boxes.len();
     let rows = |v: &[f32]| -> Vec<Vec<f32>> {
-        if n == 0 {
+        if n == 0 || v.is_empty() {
             return Vec::new();
         }
         v.chunks(v.len() / n).map(<[f32]>::to_vec).collect()
@@ -798,6 +808,7 @@ pub fn evaluate_val(
             None,
             device,
             encoder,
+            dump_file.is_some(),
         )?;
         for ((im, rgb), (d, heads)) in chunk.iter().zip(&rgbs).zip(&dets) {
             if let Some(f) = dump_file.as_mut() {

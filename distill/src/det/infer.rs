@@ -229,7 +229,7 @@ pub fn detect(
     encoder: Option<&PseudoWordEncoder>,
 ) -> Result<Vec<Detections>, DetError> {
     Ok(
-        detect_with_regions(model, batch, text_embeds, is_novel, cfg, encoder)?
+        detect_with_regions(model, batch, text_embeds, is_novel, cfg, encoder, false)?
             .into_iter()
             .map(|(d, _)| d)
             .collect(),
@@ -247,15 +247,17 @@ pub struct RegionHeads {
     /// The proposals refined by the box head and clipped: `N`.
     pub boxes: Boxes,
     /// Text head: cosine logits over the learned background (column 0) and the `C` classes,
-    /// divided by the head's temperature: `[N, 1 + C]` row-major.
+    /// divided by the head's temperature: `[N, 1 + C]` row-major (empty unless
+    /// [`detect_with_regions`] was asked for the head outputs).
     pub text_logits: Vec<f32>,
     /// Image head: cosines with the `C` class texts, `[N, C]` row-major (None without an
-    /// image branch).
+    /// image branch, or unless asked for).
     pub image_cosines: Option<Vec<f32>>,
 }
 
-/// [`detect`], also returning what the heads said about each image's regions (e.g. to
-/// measure the proposals' recall of novel objects, or to study the scoring).
+/// [`detect`], also returning each image's regions (e.g. to measure the proposals' recall of
+/// novel objects); with `head_outputs`, also what the heads said about them, to study the
+/// scoring.
 pub fn detect_with_regions(
     model: &Detector,
     batch: &ImageBatch,
@@ -263,6 +265,7 @@ pub fn detect_with_regions(
     is_novel: &[bool],
     cfg: &InferenceConfig,
     encoder: Option<&PseudoWordEncoder>,
+    head_outputs: bool,
 ) -> Result<Vec<(Detections, RegionHeads)>, DetError> {
     let c = text_embeds.dims()[0];
     if is_novel.len() != c {
@@ -291,19 +294,20 @@ pub fn detect_with_regions(
             }
             (None, _) => p.region_embeds,
         };
-        let heads = RegionHeads {
-            text_logits: to_vec(
-                model
-                    .box_head
-                    .logits(region_embeds.clone(), text_embeds.clone()),
-            ),
-            image_cosines: p
-                .image_embeds
-                .clone()
-                .map(|e| to_vec(e.matmul(l2_normalize(text_embeds.clone()).transpose()))),
-            proposals: p.proposals,
-            proposal_scores: p.proposal_scores.clone(),
-            boxes: p.boxes.clone(),
+        // The heads' raw outputs cost a matmul and a copy per image: only when asked.
+        let (text_logits, image_cosines) = if head_outputs {
+            (
+                to_vec(
+                    model
+                        .box_head
+                        .logits(region_embeds.clone(), text_embeds.clone()),
+                ),
+                p.image_embeds
+                    .clone()
+                    .map(|e| to_vec(e.matmul(l2_normalize(text_embeds.clone()).transpose()))),
+            )
+        } else {
+            (Vec::new(), None)
         };
         let scores = region_scores(
             model,
@@ -315,6 +319,13 @@ pub fn detect_with_regions(
             cfg,
         )?;
         let d = select_detections(&p.boxes, &scores, c, *size, &cfg.postprocess);
+        let heads = RegionHeads {
+            proposals: p.proposals,
+            proposal_scores: p.proposal_scores,
+            boxes: p.boxes,
+            text_logits,
+            image_cosines,
+        };
         out.push((d, heads));
     }
     Ok(out)
