@@ -135,7 +135,7 @@ def splits(path):
     s = r["splits"]
     return [100 * s[k]["AP50"] for k in ("base", "novel", "all")]
 rows = [
-    ("the config's method (default: ViLD-ensemble, background from the text head, novel classes from the image head; ovkd eval det)", f"{run}/eval/det.json"),
+    ("the config's method (default: ViLD-ensemble, background from the text head, novel classes from the image head with the objectness of eval.inference.novel_objectness; ovkd eval det)", f"{run}/eval/det.json"),
     ("ViLD-text only (no ViLD-image), text scores", f"{run}/text_only/eval/det.json"),
     ("same model as the first row: text head only", f"{run}/eval/det_text.json"),
     ("same model: image head only", f"{run}/eval/det_image.json"),
