@@ -11,8 +11,8 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::optim::AdamWConfig;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use ovkd_backbone::ops::relu;
 use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
 
 use crate::{PhaseTimes, time_training};

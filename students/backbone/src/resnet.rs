@@ -5,10 +5,10 @@
 //! block's `downsample.0` / `downsample.1` are `downsample.conv` / `downsample.bn` here and
 //! Burn's trainable batch norm calls `weight`/`bias` `gamma`/`beta`.
 
+use crate::ops::relu;
 use crate::ops::{Conv2d, Conv2dConfig};
 use burn::module::Module;
 use burn::nn::{Initializer, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};

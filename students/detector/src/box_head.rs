@@ -9,8 +9,9 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::{relu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, Tensor};
+use ovkd_backbone::ops::relu;
 use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
 use serde::{Deserialize, Serialize};
 

@@ -9,9 +9,9 @@
 
 use burn::module::Module;
 use burn::nn::{Initializer, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ovkd_backbone::FeatureMap;
+use ovkd_backbone::ops::relu;
 use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
 use rand::Rng;
 use serde::{Deserialize, Serialize};

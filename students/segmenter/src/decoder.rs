@@ -7,11 +7,11 @@
 
 use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 use ovkd_backbone::FeatureMap;
+use ovkd_backbone::ops::relu;
 use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
 use serde::{Deserialize, Serialize};
 

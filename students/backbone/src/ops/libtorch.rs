@@ -3,7 +3,7 @@
 //!
 //! tch 0.22 does not bind `convolution_backward`, so the forward records a one-node LibTorch
 //! autograd graph on detached leaves of the inputs, and the backward runs LibTorch's autograd
-//! engine on it: `run_backward` seeds the roots with ones, so the root is `y ⊙ dy`, whose
+//! engine on it: `run_backward` seeds the roots with ones, so the root is `<y, dy>`, whose
 //! gradient with respect to `y` is `dy`. LibTorch then calls the same `convolution_backward`
 //! PyTorch's `loss.backward()` would, asking only for the gradients Burn needs.
 
@@ -119,7 +119,17 @@ impl ConvKernels for LibTorch {
             .collect();
         let mut out: [Option<TchTensor>; 3] = [None, None, None];
         if !inputs.is_empty() {
-            let root = tch::with_grad(|| &graph.y * &grad.tensor);
+            // A scalar root, so that the engine's seed (ones) is one element: <y, dy>, whose
+            // gradient with respect to y is dy. The dot product of the flattened tensors reads
+            // each once and writes nothing; `y ⊙ dy` as the root cost three passes over the
+            // output (the product, the seed, and its backward) per convolution.
+            let root = tch::with_grad(|| {
+                if graph.y.is_contiguous() && grad.tensor.is_contiguous() {
+                    graph.y.reshape([-1]).dot(&grad.tensor.reshape([-1]))
+                } else {
+                    (&graph.y * &grad.tensor).sum(None::<tch::Kind>)
+                }
+            });
             let mut grads = tch::Tensor::run_backward(&[root], &inputs, false, false).into_iter();
             for (i, leaf) in graph.leaves.iter().enumerate() {
                 if leaf.is_some() && wanted[i] {

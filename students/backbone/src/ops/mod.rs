@@ -2,6 +2,7 @@
 //!
 //! - [`Conv2d`] / [`Conv2dConfig`]: drop-in for `burn::nn::conv::{Conv2d, Conv2dConfig}`.
 //! - [`conv2d`]: drop-in for `burn::tensor::module::conv2d`.
+//! - [`relu`]: drop-in for `burn::tensor::activation::relu` (LibTorch's fused backward).
 //! - [`heap::retain_freed_memory`]: keep freed tensor buffers for reuse (call once at start).
 //!
 //! On burn-flex the forward and both gradients run im2col + GEMM kernels
@@ -14,6 +15,7 @@ pub mod conv2d_cpu;
 mod extension;
 pub mod heap;
 mod kernels;
+mod relu;
 // burn-tch is marked deprecated in Burn 0.22 (in favour of CubeCL backends), but it is the
 // backend that links LibTorch's cuDNN / oneDNN kernels, which is what `--device tch-*` is for.
 #[cfg(feature = "tch")]
@@ -23,3 +25,4 @@ mod libtorch;
 pub use conv2d::{Conv2d, Conv2dConfig};
 pub use extension::{FastConvBackend, conv2d, supports};
 pub use kernels::{ConvGrads, ConvKernels, GradMask};
+pub use relu::relu;
