@@ -24,6 +24,21 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `ovkd train detector --config CONFIG --run RUN --quiet EXTRA...`: its output.
+fn train_detector(config: &Path, run: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "train",
+        "detector",
+        "--config",
+        s(config),
+        "--run",
+        s(run),
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    ovkd(&args)
+}
+
 /// `DIR/run` with a tiny OV-Shapes in `run/data` and a one-step teacher in `run/teacher`:
 /// (run, data).
 fn tiny_run(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -132,15 +147,7 @@ fn proposals_cache_train_predict_and_eval() {
     assert!(run.join("cache/regions/index.parquet").is_file());
 
     // Training with both ViLD losses, then the ensemble on val.
-    let out = ovkd(&[
-        "train",
-        "detector",
-        "--config",
-        s(&config),
-        "--run",
-        s(&run),
-        "--quiet",
-    ]);
+    let out = train_detector(&config, &run, &[]);
     assert!(out.contains("trained 3 of 3 steps"), "{out}");
     assert!(out.contains("AP50 base"), "{out}");
     let csv = std::fs::read_to_string(run.join("detector/metrics.csv")).unwrap();
@@ -178,20 +185,17 @@ fn proposals_cache_train_predict_and_eval() {
     // --dump-regions: what the heads said about every val region, one line per image; it
     // changes nothing about the detections.
     let dump = tmp.path().join("regions.jsonl");
-    let out = ovkd(&[
-        "train",
-        "detector",
-        "--config",
-        s(&config),
-        "--run",
-        s(&run),
-        "--quiet",
-        "--eval-only",
-        "--eval-name",
-        "dump",
-        "--dump-regions",
-        s(&dump),
-    ]);
+    let out = train_detector(
+        &config,
+        &run,
+        &[
+            "--eval-only",
+            "--eval-name",
+            "dump",
+            "--dump-regions",
+            s(&dump),
+        ],
+    );
     assert!(out.contains("AP50 base"), "{out}");
     assert_eq!(
         std::fs::read(run.join("eval/dump.detections.json")).unwrap(),
@@ -341,17 +345,7 @@ fn baron_with_pseudo_boxes_end_to_end_and_a_bad_method_named() {
     );
     assert!(run.join("cache/bags.parquet").is_file());
 
-    let mut args = vec![
-        "train",
-        "detector",
-        "--config",
-        s(&config),
-        "--run",
-        s(&run),
-        "--quiet",
-    ];
-    args.extend(sets);
-    let out = ovkd(&args);
+    let out = train_detector(&config, &run, &sets);
     assert!(out.contains("trained 3 of 3 steps"), "{out}");
     assert!(out.contains("AP50 base"), "{out}");
     // Threshold 0: every caption class the annotations lack gets a box.

@@ -582,8 +582,9 @@ pub fn chw01(img: &RgbImage) -> (Vec<f32>, [usize; 2]) {
 }
 
 /// Runs the detector on images (each resized so its longer side is `max_side`, when given)
-/// and returns detections and their regions (with `head_outputs`, also what the heads said
-/// about each), in the original images' pixels.
+/// and returns detections in the original images' pixels; with `head_outputs`, also each
+/// image's regions and what the heads said about them, in the same pixels (without, the
+/// [`RegionHeads`] are left in the resized images' pixels and carry no head outputs).
 #[allow(clippy::too_many_arguments)]
 pub fn detect_images(
     model: &Detector,
@@ -629,7 +630,10 @@ pub fn detect_images(
         head_outputs,
     )?;
     for ((d, heads), [sx, sy]) in dets.iter_mut().zip(scales) {
-        for boxes in [&mut d.boxes, &mut heads.boxes, &mut heads.proposals] {
+        // The regions (about a thousand proposals an image) only matter to a caller that asked
+        // for the heads' outputs.
+        let regions = head_outputs.then_some([&mut heads.boxes, &mut heads.proposals]);
+        for boxes in std::iter::once(&mut d.boxes).chain(regions.into_iter().flatten()) {
             for b in boxes.0.iter_mut() {
                 *b = [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy];
             }

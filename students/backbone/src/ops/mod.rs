@@ -15,6 +15,7 @@ pub mod conv2d_cpu;
 mod extension;
 pub mod heap;
 mod kernels;
+#[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod relu;
 // burn-tch is marked deprecated in Burn 0.22 (in favour of CubeCL backends), but it is the
 // backend that links LibTorch's cuDNN / oneDNN kernels, which is what `--device tch-*` is for.

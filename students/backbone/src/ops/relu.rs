@@ -21,7 +21,6 @@ pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 #[cfg(feature = "tch")]
-#[allow(deprecated)] // burn-tch's `LibTorch`, see `super::libtorch`
 mod libtorch {
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -40,30 +39,18 @@ mod libtorch {
         fn threshold_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;
     }
 
-    /// A backend's ReLU gradient from the forward's output.
-    pub trait ReluKernels: Backend {
-        /// `grad` where `output > 0`, else 0.
-        fn relu_grad(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
-    }
-
     impl ReluBackend for LibTorch {
         fn threshold_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
             <Self as ActivationOps<Self>>::relu(x)
         }
     }
 
-    impl ReluKernels for LibTorch {
-        fn relu_grad(output: TchTensor, grad: TchTensor) -> TchTensor {
-            TchTensor::new(output.tensor.threshold_backward(&grad.tensor, 0.0))
-        }
-    }
-
     #[derive(Debug)]
     struct ReluBackward;
 
-    impl<B: ReluKernels> Backward<B, 1> for ReluBackward {
+    impl Backward<LibTorch, 1> for ReluBackward {
         /// The forward's output.
-        type State = FloatTensor<B>;
+        type State = TchTensor;
 
         fn backward(
             self,
@@ -71,25 +58,28 @@ mod libtorch {
             grads: &mut Gradients,
             _checkpointer: &mut Checkpointer,
         ) {
-            let grad = grads.consume::<B>(&ops.node);
+            let grad = grads.consume::<LibTorch>(&ops.node);
             if let Some(parent) = ops.parents[0].as_ref() {
-                grads.register::<B>(parent.id, B::relu_grad(ops.state, grad));
+                // `grad` where the output is positive, else 0: one vectorised kernel.
+                let dx = ops.state.tensor.threshold_backward(&grad.tensor, 0.0);
+                grads.register::<LibTorch>(parent.id, TchTensor::new(dx));
             }
         }
     }
 
-    impl<B: ReluKernels, C: CheckpointStrategy> ReluBackend for Autodiff<B, C> {
+    impl<C: CheckpointStrategy> ReluBackend for Autodiff<LibTorch, C> {
         fn threshold_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            let relu = <LibTorch as ActivationOps<LibTorch>>::relu;
             match ReluBackward
                 .prepare::<C>([x.node()])
                 .compute_bound()
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    let y = B::relu(x.into_primitive());
+                    let y = relu(x.into_primitive());
                     prep.finish(y.clone(), y)
                 }
-                OpsKind::UnTracked(prep) => prep.finish(B::relu(x.into_primitive())),
+                OpsKind::UnTracked(prep) => prep.finish(relu(x.into_primitive())),
             }
         }
     }
@@ -130,8 +120,8 @@ mod tests {
             let grads = y.clone().mul(up.clone()).sum().backward();
             let dx = x.grad(&grads).expect("x has a gradient");
             (
-                y.into_data().to_vec::<f32>().unwrap(),
-                dx.into_data().to_vec::<f32>().unwrap(),
+                y.into_data().try_into_vec::<f32>().unwrap(),
+                dx.into_data().try_into_vec::<f32>().unwrap(),
             )
         };
         let (y, dx) = run(true);
@@ -149,7 +139,7 @@ mod tests {
         let device = Device::libtorch();
         let x = Tensor::<2>::random([4, 9], Distribution::Normal(0.0, 1.0), &device);
         assert_eq!(
-            relu(x.clone()).into_data().to_vec::<f32>().unwrap(),
+            relu(x.clone()).into_data().try_into_vec::<f32>().unwrap(),
             burn::tensor::activation::relu(x)
                 .into_data()
                 .to_vec::<f32>()
