@@ -7,7 +7,8 @@
 #
 # Options (after --device/--out): --threads N (default: 2 on CPU, all cores on CUDA),
 # --rounds R, --steps S, --heavy-steps S (R50-FPN and the teacher on CPU; default 2),
-# --rows a,b, --baseline (also ovkd with Burn's own conv on the smallnet rows),
+# --rows a,b, --baseline (also ovkd with Burn's own conv, and with Burn's AdamW, on the
+# smallnet rows),
 # --bin PATH (default: $OVKD_SPEED_BIN, else target/release/ovkd-speed).
 # Needs $PYTHON (default python3) with torch, torchvision, transformers and safetensors (the
 # tch devices link against that torch's libraries), e.g. torch 2.11.0 + torchvision 0.26 +

@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use ovkd_teacher::cache::{CacheWriter, ShardSpec, merge};
 use ovkd_teacher::embed::Teacher;
+use ovkd_teacher::precision::Precision;
 use ovkd_teacher::pretrain::{PretrainConfig, PretrainEvent, pretrain};
 use ovkd_teacher::pretrain_batch::{BatchConfig, Corpus};
 use ovkd_teacher::shapes::{image_path, load_rgb, read_coco};
@@ -164,6 +165,12 @@ struct EmbedArgs {
     /// Images per flush (a resumed run redoes at most this many).
     #[arg(long, default_value_t = 16)]
     flush_every: usize,
+    /// What the image tower computes in: f32, or bf16 / f16 for speed on LibTorch devices
+    /// (bf16 on `tch-cpu` with AVX-512 BF16 or AMX, bf16 / f16 on `tch-cuda:N`; embeddings
+    /// within cosine 0.999 of f32's). Recorded in `cache.json`: a cache is resumed only in the
+    /// precision it was started in.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 #[derive(Debug, Args)]
@@ -550,6 +557,7 @@ fn embed(ctx: &Context, a: EmbedArgs) -> Result<()> {
         tracing::warn!("{} unused checkpoint tensors: {:?}", unused.len(), unused);
     }
     teacher.max_batch = a.batch;
+    let teacher = teacher.with_precision(a.precision);
     let coco_path = a.split.join("instances.json");
     let coco = read_coco(&coco_path)?;
     let proposals = match &a.proposals {
@@ -558,7 +566,13 @@ fn embed(ctx: &Context, a: EmbedArgs) -> Result<()> {
     };
     let mut images = coco.images.clone();
     images.sort_by_key(|i| i.id);
-    let mut writer = CacheWriter::open(&a.out, teacher.dim(), &teacher.checkpoint_hash, shard)?;
+    let mut writer = CacheWriter::open(
+        &a.out,
+        teacher.dim(),
+        &teacher.checkpoint_hash,
+        teacher.precision,
+        shard,
+    )?;
     let mine: Vec<_> = images
         .iter()
         .enumerate()

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::TeacherError;
 use crate::io::write_atomic;
+use crate::precision::Precision;
 
 /// Bytes per stored value (f16).
 pub const BYTES_PER_VALUE: usize = 2;
@@ -71,6 +72,9 @@ pub struct CacheMeta {
     pub dtype: String,
     /// SHA-256 of the teacher weights that made the vectors.
     pub checkpoint_hash: String,
+    /// What the image tower computed in (caches written before it was recorded: float32).
+    #[serde(default)]
+    pub precision: Precision,
     /// Layout version.
     pub format: u32,
 }
@@ -208,12 +212,14 @@ pub struct CacheWriter {
 
 impl CacheWriter {
     /// Opens (or creates) shard `shard` of the cache in `dir`, for D = `dim` vectors made by
-    /// the checkpoint `checkpoint_hash`. Reopening a cache made by another checkpoint or size
-    /// is an error. Cuts any unindexed tail off the shard file.
+    /// the checkpoint `checkpoint_hash` computing in `precision`. Reopening a cache made by
+    /// another checkpoint, size or precision is an error. Cuts any unindexed tail off the shard
+    /// file.
     pub fn open(
         dir: &Path,
         dim: usize,
         checkpoint_hash: &str,
+        precision: Precision,
         shard: ShardSpec,
     ) -> Result<Self, TeacherError> {
         std::fs::create_dir_all(dir).map_err(|e| TeacherError::io(dir, e))?;
@@ -221,6 +227,7 @@ impl CacheWriter {
             dim,
             dtype: "f16".into(),
             checkpoint_hash: checkpoint_hash.into(),
+            precision,
             format: 1,
         };
         match read_meta(dir)? {
@@ -228,8 +235,9 @@ impl CacheWriter {
                 return Err(TeacherError::format(
                     &meta_path(dir),
                     format!(
-                        "the cache holds dim {} from checkpoint {}, not dim {dim} from {checkpoint_hash}",
-                        m.dim, m.checkpoint_hash
+                        "the cache holds dim {} from checkpoint {} in {}, not dim {dim} from \
+                         {checkpoint_hash} in {precision}",
+                        m.dim, m.checkpoint_hash, m.precision
                     ),
                 ));
             }
@@ -662,13 +670,22 @@ mod tests {
     fn resume_after_a_torn_flush_and_merge_two_shards() {
         let dir = tempfile::tempdir().unwrap();
         let d = 8;
+        let open = |index| {
+            CacheWriter::open(
+                dir.path(),
+                d,
+                "abc",
+                Precision::F32,
+                ShardSpec { index, count: 2 },
+            )
+            .unwrap()
+        };
         let ids: Vec<i64> = (10..20).collect();
         let n_of = |id: i64| (id % 3 + 1) as usize;
         // Shard 0/2, first process: images at even positions, killed after 2 flushed images
         // with a half-written flush (bytes in the shard file, no index part).
         {
-            let mut w =
-                CacheWriter::open(dir.path(), d, "abc", ShardSpec { index: 0, count: 2 }).unwrap();
+            let mut w = open(0);
             for (pos, &id) in ids.iter().enumerate().filter(|(p, _)| p % 2 == 0).take(2) {
                 let _ = pos;
                 w.add(id, &boxes(id, n_of(id)), &vecs(id, n_of(id), d))
@@ -682,8 +699,7 @@ mod tests {
         }
         // Resume: the finished images are skipped, the torn tail is cut.
         {
-            let mut w =
-                CacheWriter::open(dir.path(), d, "abc", ShardSpec { index: 0, count: 2 }).unwrap();
+            let mut w = open(0);
             assert_eq!(w.done_count(), 2);
             let mut redone = 0;
             for (pos, &id) in ids.iter().enumerate() {
@@ -699,8 +715,7 @@ mod tests {
         }
         // Another process, shard 1/2.
         {
-            let mut w =
-                CacheWriter::open(dir.path(), d, "abc", ShardSpec { index: 1, count: 2 }).unwrap();
+            let mut w = open(1);
             for (pos, &id) in ids.iter().enumerate() {
                 if (ShardSpec { index: 1, count: 2 }).owns(pos) {
                     w.add(id, &boxes(id, n_of(id)), &vecs(id, n_of(id), d))
@@ -708,8 +723,13 @@ mod tests {
                 }
             }
         }
-        // A different checkpoint may not write into this cache.
-        assert!(CacheWriter::open(dir.path(), d, "other", ShardSpec::ALL).is_err());
+        // A different checkpoint, or the same in another precision, may not write into it.
+        assert!(CacheWriter::open(dir.path(), d, "other", Precision::F32, ShardSpec::ALL).is_err());
+        let err = CacheWriter::open(dir.path(), d, "abc", Precision::Bf16, ShardSpec::ALL)
+            .err()
+            .expect("bf16 into a float32 cache")
+            .to_string();
+        assert!(err.contains("in f32") && err.contains("in bf16"), "{err}");
         let report = merge(dir.path()).unwrap();
         let total: usize = ids.iter().map(|&i| n_of(i)).sum();
         assert_eq!(report.images, 10);
@@ -733,7 +753,8 @@ mod tests {
     fn merge_detects_a_corrupt_vector() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut w = CacheWriter::open(dir.path(), 4, "abc", ShardSpec::ALL).unwrap();
+            let mut w =
+                CacheWriter::open(dir.path(), 4, "abc", Precision::F32, ShardSpec::ALL).unwrap();
             w.add(1, &boxes(1, 2), &vecs(1, 2, 4)).unwrap();
         }
         let shard = dir.path().join("shard-0-of-1.f16");

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clip::{ClipModel, TextTower, l2_normalize};
 use crate::error::{TeacherError, to_vec};
+use crate::precision::{Precision, to_f32};
 use crate::preprocess::{PreprocessConfig, check_box, scale_box};
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::{HostTensor, WeightMap};
@@ -32,6 +33,9 @@ pub struct Teacher {
     pub checkpoint_hash: String,
     /// Crops per forward pass.
     pub max_batch: usize,
+    /// What the image tower computes in (set by [`Teacher::with_precision`]); the text tower
+    /// stays float32, so cached text embeddings do not depend on it.
+    pub precision: Precision,
 }
 
 /// MaskCLIP dense features of one image.
@@ -76,7 +80,19 @@ impl Teacher {
             device: device.clone(),
             checkpoint_hash,
             max_batch: 32,
+            precision: Precision::F32,
         }
+    }
+
+    /// The same teacher with its image tower (vision transformer and projection) cast to
+    /// `precision` (from float32: the weights are rounded once); images go in and embeddings
+    /// come out as float32 either way.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        let m = &mut self.model;
+        m.vision_model = precision.cast_module(m.vision_model.clone());
+        m.visual_projection = precision.cast_module(m.visual_projection.clone());
+        self.precision = precision;
+        self
     }
 
     /// Joint embedding size D.
@@ -174,7 +190,10 @@ impl Teacher {
             let data = crops[start * per..end * per].to_vec();
             let x =
                 Tensor::<4>::from_data(TensorData::new(data, [end - start, 3, s, s]), &self.device);
-            parts.push(self.model.image_embeds(x));
+            // Normalised in float32: in half precision the norm itself is rounded (by up to
+            // 2^-9 in bfloat16), which would leave the vectors off unit length.
+            let x = self.precision.cast_in(x);
+            parts.push(l2_normalize(to_f32(self.model.image_features(x))));
         }
         if parts.is_empty() {
             return Tensor::zeros([0, self.dim()], &self.device);
@@ -226,7 +245,10 @@ impl Teacher {
     /// size, positions interpolated bicubically): embeds [B, D, H/p, W/p] and keys
     /// [B, Wv, H/p, W/p].
     pub fn dense_pixels(&self, pixels: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let t = self.model.vision_model.forward_dense(pixels);
+        let t = self
+            .model
+            .vision_model
+            .forward_dense(self.precision.cast_in(pixels));
         let [b, n, wv] = t.values.dims();
         let [gh, gw] = t.grid;
         let proj = self
@@ -234,10 +256,12 @@ impl Teacher {
             .visual_projection
             .forward(t.values.reshape([b * n, wv]));
         let d = proj.dims()[1];
-        let embeds = l2_normalize(proj)
+        let embeds = l2_normalize(to_f32(proj))
             .reshape([b, gh, gw, d])
             .permute([0, 3, 1, 2]);
-        let keys = t.keys.reshape([b, gh, gw, wv]).permute([0, 3, 1, 2]);
+        let keys = to_f32(t.keys)
+            .reshape([b, gh, gw, wv])
+            .permute([0, 3, 1, 2]);
         (embeds, keys)
     }
 

@@ -10,6 +10,7 @@ pub mod embed;
 pub mod error;
 pub mod io;
 pub mod parity;
+pub mod precision;
 pub mod preprocess;
 pub mod pretrain;
 pub mod pretrain_batch;

@@ -95,6 +95,40 @@ fn region_embedding_sums_the_1x_and_1_5x_crops() {
     assert!(t.region_embeds(&img, &[[5.0, 5.0, 5.0, 9.0]]).is_err());
 }
 
+/// Issue 8's bar for half-precision inference: each region embedding within cosine 0.999 of
+/// the float32 teacher's, though computed with every image-tower weight and activation rounded.
+#[test]
+fn half_precision_region_embeddings_stay_within_cosine_0_999() {
+    use ovkd_teacher::precision::Precision;
+    let device = Device::flex();
+    let img = image::RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 3 % 256) as u8])
+    });
+    let boxes = [
+        [4.0, 4.0, 40.0, 30.0],
+        [20.0, 10.0, 60.0, 47.0],
+        [0.0, 0.0, 64.0, 48.0],
+    ];
+    let (t, _dir) = tiny_teacher(&device);
+    let want = vec2(t.region_embeds(&img, &boxes).unwrap());
+    let d = t.dim();
+    for p in [Precision::Bf16, Precision::F16] {
+        let (t, _dir) = tiny_teacher(&device);
+        let t = t.with_precision(p);
+        let got = vec2(t.region_embeds(&img, &boxes).unwrap());
+        assert_ne!(got, want, "{p}: nothing was rounded");
+        assert!(
+            norms(&got, d).iter().all(|n| (n - 1.0).abs() < 1e-5),
+            "{p}: unit length"
+        );
+        for i in 0..boxes.len() {
+            let (a, b) = (&got[i * d..(i + 1) * d], &want[i * d..(i + 1) * d]);
+            let cos: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            assert!(cos > 0.999, "{p}, box {i}: cosine {cos}");
+        }
+    }
+}
+
 #[test]
 fn dense_features_at_any_size() {
     let device = Device::flex();

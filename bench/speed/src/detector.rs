@@ -8,14 +8,13 @@
 //! random unit vectors (their values do not change the work).
 
 use anyhow::{Result, bail};
-use burn::optim::AdamWConfig;
 use burn::tensor::{Device, Distribution, Tensor};
 use ovkd_backbone::norm::NormKind;
 use ovkd_detector::{Boxes, DetectorConfig, ImageBatch, Targets};
 use rand::SeedableRng;
 
 use crate::synth::{unit, unit_rows};
-use crate::{PhaseTimes, time_training};
+use crate::{PhaseTimes, Schedule, time_training};
 
 /// Options of the `detector` workload.
 #[derive(clap::Args, Debug)]
@@ -64,7 +63,7 @@ pub fn targets(i: usize, boxes: usize, classes: usize, size: usize) -> Targets {
 }
 
 /// Runs `warmup + steps` training steps; returns the timed ones.
-pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<PhaseTimes> {
+pub fn run(args: &Args, device: &Device, schedule: &Schedule) -> Result<PhaseTimes> {
     let mut cfg = match args.preset.as_str() {
         "tiny" => DetectorConfig::tiny(args.embed_dim),
         "resnet50_fpn" => DetectorConfig::resnet50_fpn(args.embed_dim),
@@ -79,10 +78,6 @@ pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<
     let ad = device.clone().autodiff();
     ad.seed(0);
     let model = cfg.init(&ad)?;
-    let mut optim = AdamWConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(1e-2)
-        .init();
     let s = args.image;
     let images = Tensor::<4>::random([args.batch, 3, s, s], Distribution::Uniform(0.0, 1.0), &ad);
     let batch = ImageBatch {
@@ -94,7 +89,7 @@ pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<
         .collect();
     let text_embeds = unit_rows(args.classes, args.embed_dim, device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    time_training(model, &mut optim, 1e-4, &ad, warmup, steps, |model| {
+    time_training(model, schedule, 1e-4, &ad, |model| {
         let out = model.forward_train(&batch, &targets, text_embeds.clone(), None, &mut rng)?;
         Ok(out.losses.total())
     })

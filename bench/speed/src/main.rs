@@ -29,6 +29,10 @@ struct Cli {
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Which AdamW the training workloads step with: `ovkd` (`ovkd_backbone::ops::AdamW`,
+    /// in place on LibTorch) or `burn` (`burn::optim::AdamW`), both at PyTorch's defaults.
+    #[arg(long, value_enum, default_value_t = AdamWImpl::Ovkd)]
+    adamw: AdamWImpl,
     #[command(subcommand)]
     workload: Workload,
 }
@@ -53,19 +57,68 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let (name, device) = device::parse(&cli.device)?;
     eprintln!("ovkd-speed: device {name}");
-    let times = match cli.workload {
-        Workload::Smallnet(args) => smallnet::run(&args, &device, cli.warmup, cli.steps)?,
-        Workload::Detector(args) => detector::run(&args, &device, cli.warmup, cli.steps)?,
-        Workload::Segmenter(args) => segmenter::run(&args, &device, cli.warmup, cli.steps)?,
-        Workload::Teacher(args) => teacher::run(&args, &device, cli.warmup, cli.steps)?,
+    let mut extra = serde_json::Map::new();
+    let schedule = Schedule {
+        adamw: cli.adamw,
+        warmup: cli.warmup,
+        steps: cli.steps,
     };
-    let out = serde_json::json!({
+    let times = match cli.workload {
+        Workload::Smallnet(args) => smallnet::run(&args, &device, &schedule)?,
+        Workload::Detector(args) => detector::run(&args, &device, &schedule)?,
+        Workload::Segmenter(args) => segmenter::run(&args, &device, &schedule)?,
+        Workload::Teacher(args) => {
+            let (times, min_cosine) = teacher::run(&args, &device, cli.warmup, cli.steps)?;
+            if let Some(c) = min_cosine {
+                extra.insert("min_cosine_vs_f32".into(), c.into());
+            }
+            times
+        }
+    };
+    let mut out = serde_json::json!({
         "device": name,
         "steps": cli.steps,
         "times_ms": times,
     });
+    out.as_object_mut().expect("a JSON object").extend(extra);
     println!("{out}");
     Ok(())
+}
+
+/// How a training workload is timed.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    /// The optimiser.
+    pub adamw: AdamWImpl,
+    /// Untimed steps first.
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+}
+
+/// The AdamW implementation a training workload steps with.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum AdamWImpl {
+    /// `ovkd_backbone::ops::AdamW`.
+    Ovkd,
+    /// `burn::optim::AdamW` (the baseline of the in-place LibTorch update).
+    Burn,
+}
+
+impl AdamWImpl {
+    /// AdamW at PyTorch's defaults (betas 0.9/0.999, eps 1e-8, weight decay 1e-2).
+    pub fn init(self) -> burn::optim::ModuleOptimizer {
+        let ours = ovkd_backbone::ops::AdamWConfig::new();
+        match self {
+            Self::Ovkd => ours.init(),
+            Self::Burn => burn::optim::AdamWConfig::new()
+                .with_beta_1(ours.beta_1)
+                .with_beta_2(ours.beta_2)
+                .with_epsilon(ours.epsilon)
+                .with_weight_decay(ours.weight_decay)
+                .init(),
+        }
+    }
 }
 
 /// Per-step times of the phases of a step, in milliseconds.
@@ -93,19 +146,24 @@ impl PhaseTimes {
     }
 }
 
-/// Times `warmup + steps` training steps of `model` (the first `warmup` untimed): the forward
-/// pass and loss (`loss_of`), `backward`, and the optimizer update at `lr`, each phase closed
-/// by a sync of the autodiff device `ad` so that asynchronous backends are timed whole.
+/// Times `schedule.warmup + schedule.steps` training steps of `model` (the warm-up untimed):
+/// the forward pass and loss (`loss_of`), `backward`, and the `schedule.adamw` update at `lr`,
+/// each phase closed by a sync of the autodiff device `ad` so that asynchronous backends are
+/// timed whole.
 pub fn time_training<M: burn::module::Module>(
     mut model: M,
-    optim: &mut burn::optim::ModuleOptimizer,
+    schedule: &Schedule,
     lr: f64,
     ad: &burn::tensor::Device,
-    warmup: usize,
-    steps: usize,
     mut loss_of: impl FnMut(&M) -> Result<burn::tensor::Tensor<1>>,
 ) -> Result<PhaseTimes> {
     use std::time::Instant;
+    let Schedule {
+        adamw,
+        warmup,
+        steps,
+    } = *schedule;
+    let mut optim = adamw.init();
     let mut times = PhaseTimes::default();
     for step in 0..warmup + steps {
         let t0 = Instant::now();

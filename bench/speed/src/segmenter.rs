@@ -7,13 +7,12 @@
 //! `reference.py`); the class text embeddings are random unit vectors.
 
 use anyhow::Result;
-use burn::optim::AdamWConfig;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use ovkd_distill::seg::cross_entropy_ignore;
 use ovkd_segmenter::SegmenterConfig;
 
 use crate::synth::unit_rows;
-use crate::{PhaseTimes, time_training};
+use crate::{PhaseTimes, Schedule, time_training};
 
 /// Options of the `segmenter` workload.
 #[derive(clap::Args, Debug)]
@@ -35,15 +34,11 @@ pub fn label_at(b: usize, y: usize, x: usize, classes: usize) -> i64 {
 }
 
 /// Runs `warmup + steps` training steps; returns the timed ones.
-pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<PhaseTimes> {
+pub fn run(args: &Args, device: &Device, schedule: &Schedule) -> Result<PhaseTimes> {
     let cfg = SegmenterConfig::default();
     let ad = device.clone().autodiff();
     ad.seed(0);
     let model = cfg.init(&ad)?;
-    let mut optim = AdamWConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(1e-2)
-        .init();
     let (b, s) = (args.batch, args.image);
     let images = Tensor::<4>::random([b, 3, s, s], Distribution::Normal(0.0, 1.0), &ad);
     let mut labels = Vec::with_capacity(b * s * s);
@@ -54,7 +49,7 @@ pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<
     }
     let labels = Tensor::<3, Int>::from_data(TensorData::new(labels, [b, s, s]), &ad);
     let class_embeds = unit_rows(args.classes, cfg.embed_dim, device);
-    time_training(model, &mut optim, 1e-3, &ad, warmup, steps, |model| {
+    time_training(model, schedule, 1e-3, &ad, |model| {
         let out = model.forward(images.clone(), class_embeds.clone());
         Ok(cross_entropy_ignore(out.logits, labels.clone()))
     })

@@ -10,12 +10,11 @@ use anyhow::Result;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
-use burn::optim::AdamWConfig;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use ovkd_backbone::ops::relu;
 use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
 
-use crate::{PhaseTimes, time_training};
+use crate::{PhaseTimes, Schedule, time_training};
 
 /// Options of the `smallnet` workload.
 #[derive(clap::Args, Debug)]
@@ -85,7 +84,7 @@ impl SmallNet {
 }
 
 /// Runs `warmup + steps` training steps; returns the timed ones.
-pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<PhaseTimes> {
+pub fn run(args: &Args, device: &Device, schedule: &Schedule) -> Result<PhaseTimes> {
     let fast = match args.conv.as_str() {
         "fast" => true,
         "burn" => false,
@@ -94,10 +93,6 @@ pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<
     let ad = device.clone().autodiff();
     ad.seed(0);
     let model = SmallNet::new(&ad, fast);
-    let mut optim = AdamWConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(1e-2)
-        .init();
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
     let x = Tensor::<4>::random(
         [args.batch, 3, args.image, args.image],
@@ -106,7 +101,7 @@ pub fn run(args: &Args, device: &Device, warmup: usize, steps: usize) -> Result<
     );
     let labels: Vec<i64> = (0..args.batch as i64).map(|i| (i * 7) % 10).collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [args.batch]), &ad);
-    time_training(model, &mut optim, 1e-3, &ad, warmup, steps, |model| {
+    time_training(model, schedule, 1e-3, &ad, |model| {
         let logits = model.forward(x.clone());
         Ok(loss_fn.forward(logits, y.clone()))
     })

@@ -1,12 +1,13 @@
 //! Optimiser settings with PyTorch's defaults (Burn's AdamW defaults differ: eps 1e-5 and weight
-//! decay 1e-4), and clipping by the global gradient norm as `torch.nn.utils.clip_grad_norm_`
+//! decay 1e-4; AdamW is [`ovkd_backbone::ops::AdamW`], in place on LibTorch), and clipping by the global gradient norm as `torch.nn.utils.clip_grad_norm_`
 //! does (Burn clips each tensor on its own).
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::Tensor;
+use ovkd_backbone::ops::AdamWConfig;
 use serde::{Deserialize, Serialize};
 
 /// Which optimiser, and its settings.

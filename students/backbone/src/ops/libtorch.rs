@@ -15,6 +15,14 @@ use burn::tensor::ops::ConvOptions;
 
 use super::kernels::{ConvGrads, ConvKernels, GradMask};
 
+/// Whether `device` is LibTorch's, with or without autodiff.
+pub fn is_libtorch(device: &burn::tensor::Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::LibTorch(_)
+    )
+}
+
 /// The recorded LibTorch graph of one forward, consumed by its backward.
 struct Graph {
     /// Burn's handles on the inputs: while they live, burn-tch never writes into this storage

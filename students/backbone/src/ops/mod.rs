@@ -2,6 +2,7 @@
 //!
 //! - [`Conv2d`] / [`Conv2dConfig`]: drop-in for `burn::nn::conv::{Conv2d, Conv2dConfig}`.
 //! - [`conv2d`]: drop-in for `burn::tensor::module::conv2d`.
+//! - [`AdamW`] / [`AdamWConfig`]: AdamW with PyTorch's defaults, in place on LibTorch.
 //! - [`relu`]: drop-in for `burn::tensor::activation::relu` (LibTorch's fused backward).
 //! - [`heap::retain_freed_memory`]: keep freed tensor buffers for reuse (call once at start).
 //!
@@ -9,6 +10,8 @@
 //! ([`conv2d_cpu`]); on LibTorch (feature `tch`) the backward is LibTorch's own convolution
 //! backward. Other backends fall back to Burn's convolution.
 
+#[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
+mod adamw;
 mod conv2d;
 pub mod conv2d_cpu;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
@@ -23,6 +26,7 @@ mod relu;
 #[allow(deprecated)]
 mod libtorch;
 
+pub use adamw::{AdamW, AdamWConfig};
 pub use conv2d::{Conv2d, Conv2dConfig};
 pub use extension::{FastConvBackend, conv2d, supports};
 pub use kernels::{ConvGrads, ConvKernels, GradMask};

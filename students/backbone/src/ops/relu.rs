@@ -14,7 +14,7 @@ use burn::tensor::Tensor;
 /// LibTorch devices (feature `tch`).
 pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "tch")]
-    if libtorch::is_libtorch(&x.device()) {
+    if super::libtorch::is_libtorch(&x.device()) {
         return libtorch::relu(x);
     }
     burn::tensor::activation::relu(x)
@@ -29,7 +29,7 @@ mod libtorch {
     use burn::backend::libtorch::TchTensor;
     use burn::backend::ops::ActivationOps;
     use burn::backend::tensor::FloatTensor;
-    use burn::backend::{Autodiff, Backend, DispatchDevice, LibTorch, backend_extension};
+    use burn::backend::{Autodiff, Backend, LibTorch, backend_extension};
     use burn::tensor::Tensor;
 
     /// ReLU routed to the tensor's backend (LibTorch only; [`super::relu`] checks the device).
@@ -82,14 +82,6 @@ mod libtorch {
                 OpsKind::UnTracked(prep) => prep.finish(relu(x.into_primitive())),
             }
         }
-    }
-
-    /// Whether `device` is LibTorch's, with or without autodiff.
-    pub fn is_libtorch(device: &burn::tensor::Device) -> bool {
-        matches!(
-            device.clone().inner().as_dispatch(),
-            DispatchDevice::LibTorch(_)
-        )
     }
 
     pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
