@@ -15,7 +15,8 @@
 //! OUT/images.json       [{id, file_name, width, height}]: which image each id is
 //! OUT/classes.json      [{id, name, split}]: split "base" for names the detector was trained
 //!                       on, "novel" otherwise (the ensemble weights them differently)
-//! OUT/NAME_det.png      each image with its boxes drawn (3x)
+//! OUT/NAME_det.png      each image drawn 3x with its best boxes: one per object, at most
+//!                       --draw-top (10)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -36,8 +37,8 @@ use serde::Serialize;
 use super::Context;
 use super::export::DetSettings;
 use super::train_detector::{
-    ClassList, checkpoint_dir, config_of_checkpoint, detect_images, draw_detections, load_detector,
-    load_teacher, tensor2, text_embeds, write_png,
+    ClassList, DRAW_TOP_DEFAULT, checkpoint_dir, config_of_checkpoint, detect_images,
+    draw_detections, load_detector, load_teacher, tensor2, text_embeds, write_png,
 };
 
 /// What to predict.
@@ -78,6 +79,10 @@ pub struct PredictArgs {
     /// Keep detections scoring above this (default: the run's).
     #[arg(long)]
     pub score_thresh: Option<f32>,
+    /// Detector: draw at most this many boxes per image, one per object (the best label of
+    /// overlapping boxes), best first. The JSON keeps every detection.
+    #[arg(long, default_value_t = DRAW_TOP_DEFAULT)]
+    pub draw_top: usize,
     /// Resize each image so its longer side is this many pixels before detecting (boxes are
     /// reported in the original image's pixels); default: the image as it is.
     #[arg(long)]
@@ -448,7 +453,7 @@ fn run_det(ctx: &Context, args: PredictArgs) -> Result<()> {
             .unwrap_or_else(|| format!("{id:06}"));
         write_png(
             &args.out.join(format!("{stem}_det.png")),
-            &draw_detections(&img, &dets, &names, &colours, &novel, 3),
+            &draw_detections(&img, &dets, args.draw_top, &names, &colours, &novel, 3),
         )?;
         records.push(ImageRecord {
             id,

@@ -642,11 +642,30 @@ pub fn detect_images(
     Ok(dets)
 }
 
-/// Draws `dets` on `img` scaled by `k` (nearest), each box in its class colour with the class
-/// name and score; novel classes get a dashed outline.
+/// How many boxes [`draw_detections`] draws per image unless told otherwise.
+pub const DRAW_TOP_DEFAULT: usize = 10;
+
+/// The detections worth drawing: one box per object, the best-scoring label of each (NMS across
+/// classes at IoU 0.5), and at most `top` of them, best first. The detector keeps every box
+/// scoring above `score_thresh` (0.05), about 26 per OV-Shapes image of 4 objects, several
+/// labels per object among them; a higher score threshold is no cure, because the novel classes'
+/// scores (RPN objectness × image head) sit far below the base classes'.
+pub fn for_drawing(dets: &Detections, top: usize) -> Detections {
+    let keep = ovkd_detector::nms::nms(&dets.boxes.0, &dets.scores, 0.5);
+    let keep = &keep[..keep.len().min(top)];
+    Detections {
+        boxes: ovkd_detector::Boxes(keep.iter().map(|&i| dets.boxes.0[i]).collect()),
+        scores: keep.iter().map(|&i| dets.scores[i]).collect(),
+        labels: keep.iter().map(|&i| dets.labels[i]).collect(),
+    }
+}
+
+/// Draws [`for_drawing`]`(dets, top)` on `img` scaled by `k` (nearest), each box in its class
+/// colour with the class name and score; novel classes get a dashed outline.
 pub fn draw_detections(
     img: &RgbImage,
     dets: &Detections,
+    top: usize,
     names: &[String],
     colours: &[Rgb<u8>],
     novel: &[bool],
@@ -654,6 +673,7 @@ pub fn draw_detections(
 ) -> RgbImage {
     use imageproc::drawing::{draw_filled_rect_mut, draw_text_mut, text_size};
     use imageproc::rect::Rect;
+    let dets = &for_drawing(dets, top);
     let mut canvas = image::imageops::resize(
         img,
         img.width() * k,
@@ -834,7 +854,15 @@ pub fn evaluate_val(
                 let path = out.join("det_vis").join(format!("{:06}.png", im.id));
                 write_png(
                     &path,
-                    &draw_detections(rgb, d, &display, &colours, &classes.novel, 3),
+                    &draw_detections(
+                        rgb,
+                        d,
+                        DRAW_TOP_DEFAULT,
+                        &display,
+                        &colours,
+                        &classes.novel,
+                        3,
+                    ),
                 )?;
                 drawn += 1;
             }
@@ -1219,6 +1247,28 @@ fn finish_eval(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two labels on one object keep the better one; a weak box elsewhere survives the NMS but
+    /// not a `top` of 2; the order is by score.
+    #[test]
+    fn drawing_keeps_one_box_per_object_best_first() {
+        let dets = Detections {
+            boxes: ovkd_detector::Boxes(vec![
+                [0.0, 0.0, 10.0, 10.0],
+                [1.0, 0.0, 10.0, 10.0],
+                [20.0, 20.0, 30.0, 30.0],
+                [40.0, 40.0, 50.0, 50.0],
+            ]),
+            scores: vec![0.3, 0.9, 0.06, 0.2],
+            labels: vec![0, 1, 2, 3],
+        };
+        let d = for_drawing(&dets, 10);
+        assert_eq!(d.labels, vec![1, 3, 2]);
+        assert_eq!(d.scores, vec![0.9, 0.2, 0.06]);
+        assert_eq!(d.boxes.0[0], [1.0, 0.0, 10.0, 10.0]);
+        assert_eq!(for_drawing(&dets, 2).labels, vec![1, 3]);
+        assert_eq!(for_drawing(&dets, 0).len(), 0);
+    }
 
     #[test]
     fn teacher_synonyms_false_embeds_each_class_by_its_name_alone() {
