@@ -76,8 +76,8 @@ impl Optimizer for AdamW {
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         #[cfg(feature = "tch")]
         if super::libtorch::is_libtorch(&tensor.device()) {
-            let state = libtorch::step(&self.config, lr, tensor, grad, state);
-            return (state.0, Some(state.1));
+            let (tensor, state) = libtorch::step(&self.config, lr, tensor, grad, state);
+            return (tensor, Some(state));
         }
         self.burn.step(lr, tensor, grad, state)
     }
