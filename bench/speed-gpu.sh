@@ -12,7 +12,8 @@
 #
 # It prints the GPU, checks that `--device auto` resolves to tch-cuda:0, then writes
 # $OUT/speed-gpu.json (the same rows as bench/speed.sh --device tch-cuda:0: smallnet 128/256/512 px,
-# detector tiny 128 px and R50-FPN 512/800 px batch 8, segmenter, teacher 1024 crops) and prints the table.
+# detector tiny 128 px and R50-FPN 512/800 px batch 8, segmenter, teacher 1024 crops in fp32, bf16
+# and fp16, the last two with their lowest cosine to fp32) and prints the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/speed-gpu/ovkd-speed
