@@ -15,11 +15,6 @@ pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.clone() * burn::tensor::activation::sigmoid(x.mul_scalar(1.702))
 }
 
-/// `ln(x)` in float32 whatever `x`'s precision ([`crate::precision::in_f32`]).
-pub fn norm<const D: usize>(ln: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
-    crate::precision::in_f32(x, |x| ln.forward(x))
-}
-
 /// Applies the configured MLP non-linearity.
 pub fn activate<const D: usize>(x: Tensor<D>, act: Activation) -> Tensor<D> {
     match act {
@@ -221,14 +216,14 @@ impl EncoderLayer {
     pub fn forward_first(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, _, w] = x.dims();
         let first = x.clone().slice([0..b, 0..1, 0..w]);
-        let x = first + self.self_attn.forward_first(norm(&self.layer_norm1, x));
-        x.clone() + self.mlp.forward(norm(&self.layer_norm2, x))
+        let x = first + self.self_attn.forward_first(self.layer_norm1.forward(x));
+        x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
     }
 
     /// [B, L, W] → [B, L, W].
     pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
-        let x = x.clone() + self.self_attn.forward(norm(&self.layer_norm1, x), causal);
-        x.clone() + self.mlp.forward(norm(&self.layer_norm2, x))
+        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), causal);
+        x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
     }
 }
 

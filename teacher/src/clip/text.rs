@@ -7,7 +7,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::config::TextConfig;
 use super::layers::{
-    BlockShape, EncoderLayer, load_layer_norm, norm, save_layer_norm, to_device, to_host,
+    BlockShape, EncoderLayer, load_layer_norm, save_layer_norm, to_device, to_host,
 };
 use crate::error::TeacherError;
 use crate::weights::WeightMap;
@@ -157,7 +157,7 @@ impl TextTransformer {
         for layer in &self.layers {
             x = layer.forward(x, true);
         }
-        let x = norm(&self.final_layer_norm, x);
+        let x = self.final_layer_norm.forward(x);
         let device = x.device();
         let rows: Vec<i64> = eot
             .iter()

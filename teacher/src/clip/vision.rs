@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::config::VisionConfig;
 use super::layers::{
-    BlockShape, EncoderLayer, load_layer_norm, norm, save_layer_norm, to_device, to_host,
+    BlockShape, EncoderLayer, load_layer_norm, save_layer_norm, to_device, to_host,
 };
 use crate::error::TeacherError;
 use crate::weights::WeightMap;
@@ -188,7 +188,7 @@ impl VisionTransformer {
             .reshape([1, 1, w])
             .expand([b, 1, w]);
         let tokens = Tensor::cat(vec![cls, patches], 1) + self.positions(gh, gw).unsqueeze::<3>();
-        (norm(&self.pre_layrnorm, tokens), [gh, gw])
+        (self.pre_layrnorm.forward(tokens), [gh, gw])
     }
 
     /// Full forward on normalised pixels [B, C, H, W] (any H, W ≥ p; positions interpolated).
@@ -200,7 +200,7 @@ impl VisionTransformer {
         let [b, _, w] = x.dims();
         let cls = x.clone().slice([0..b, 0..1]).reshape([b, w]);
         VisionOutput {
-            pooled: norm(&self.post_layernorm, cls),
+            pooled: self.post_layernorm.forward(cls),
             last_hidden_state: x,
         }
     }
@@ -212,13 +212,16 @@ impl VisionTransformer {
         let (mut x, _) = self.embed(pixels);
         let Some((last, rest)) = self.layers.split_last() else {
             let [b, _, w] = x.dims();
-            return norm(&self.post_layernorm, x.slice([0..b, 0..1]).reshape([b, w]));
+            return self
+                .post_layernorm
+                .forward(x.slice([0..b, 0..1]).reshape([b, w]));
         };
         for layer in rest {
             x = layer.forward(x, false);
         }
         let [b, _, w] = x.dims();
-        norm(&self.post_layernorm, last.forward_first(x).reshape([b, w]))
+        self.post_layernorm
+            .forward(last.forward_first(x).reshape([b, w]))
     }
 
     /// MaskCLIP: every block but the last as usual; in the last, the query-key attention is
@@ -233,14 +236,14 @@ impl VisionTransformer {
         let [b, l, w] = x.dims();
         let x = x.slice([0..b, 1..l]); // patch tokens only: [B, N, W]
         let last = &self.layers[n_layers - 1];
-        let y = norm(&last.layer_norm1, x.clone());
+        let y = last.layer_norm1.forward(x.clone());
         let attn = &last.self_attn;
         let v = attn.out_proj.forward(attn.v_proj.forward(y.clone())) + x;
-        let v = v.clone() + last.mlp.forward(norm(&last.layer_norm2, v));
+        let v = v.clone() + last.mlp.forward(last.layer_norm2.forward(v));
         let keys = attn.out_proj.forward(attn.k_proj.forward(y));
         let _ = w;
         DenseTokens {
-            values: norm(&self.post_layernorm, v),
+            values: self.post_layernorm.forward(v),
             keys,
             grid,
         }
