@@ -108,15 +108,10 @@ pub enum AdamWImpl {
 impl AdamWImpl {
     /// AdamW at PyTorch's defaults (betas 0.9/0.999, eps 1e-8, weight decay 1e-2).
     pub fn init(self) -> burn::optim::ModuleOptimizer {
-        let ours = ovkd_backbone::ops::AdamWConfig::new();
+        let config = ovkd_backbone::ops::AdamWConfig::new();
         match self {
-            Self::Ovkd => ours.init(),
-            Self::Burn => burn::optim::AdamWConfig::new()
-                .with_beta_1(ours.beta_1)
-                .with_beta_2(ours.beta_2)
-                .with_epsilon(ours.epsilon)
-                .with_weight_decay(ours.weight_decay)
-                .init(),
+            Self::Ovkd => config.init(),
+            Self::Burn => config.burn_config().init(),
         }
     }
 }

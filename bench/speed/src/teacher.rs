@@ -35,6 +35,10 @@ pub struct Args {
     /// Write the crops to this safetensors file (`pixel_values` `[N, 3, 224, 224]`).
     #[arg(long)]
     dump: Option<std::path::PathBuf>,
+    /// Write the random model to this safetensors file under transformers' names (for
+    /// `bench/teacher_half_precision.py`, which runs transformers on the same weights).
+    #[arg(long)]
+    dump_weights: Option<std::path::PathBuf>,
     /// Time the whole `region_embeds` (image and boxes in) instead of the model alone.
     #[arg(long)]
     end_to_end: bool,
@@ -57,6 +61,12 @@ pub fn run(
     let cfg: ClipConfig = serde_json::from_str("{}")?;
     device.seed(0);
     let model = ClipModel::random(&cfg, 0, device)?;
+    if let Some(path) = &args.dump_weights {
+        model
+            .to_weights()?
+            .save_safetensors(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let dir = std::env::temp_dir().join(format!("ovkd-speed-teacher-{}", std::process::id()));
     let tok_path = dir.join("tokenizer.json");
     build_word_level(&["a photo".to_string()], &tok_path).context("tokenizer")?;

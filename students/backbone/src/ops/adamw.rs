@@ -35,16 +35,21 @@ pub struct AdamWConfig {
 }
 
 impl AdamWConfig {
+    /// Burn's own `AdamW` at these settings (what [`AdamW`] runs off LibTorch, and the
+    /// baseline of `ovkd-speed --adamw burn`).
+    pub fn burn_config(&self) -> burn::optim::AdamWConfig {
+        burn::optim::AdamWConfig::new()
+            .with_beta_1(self.beta_1)
+            .with_beta_2(self.beta_2)
+            .with_epsilon(self.epsilon)
+            .with_weight_decay(self.weight_decay)
+    }
+
     /// The optimiser for one parameter tensor at a time.
     pub fn build(&self) -> AdamW {
         AdamW {
             config: self.clone(),
-            burn: burn::optim::AdamWConfig::new()
-                .with_beta_1(self.beta_1)
-                .with_beta_2(self.beta_2)
-                .with_epsilon(self.epsilon)
-                .with_weight_decay(self.weight_decay)
-                .build(),
+            burn: self.burn_config().build(),
         }
     }
 
