@@ -5,13 +5,18 @@
 //! (as in torchvision). So they are computed on the CPU, following torchvision's
 //! `roi_align_kernel.cpp` exactly (a sample with `y < -1`, `y > H`, `x < -1` or `x > W`
 //! contributes 0; coordinates are clamped at 0 and at `H - 1`/`W - 1`; each bin averages its
-//! `grid_h * grid_w` samples), merged into at most `T` distinct (pixel, weight) taps per output
-//! bin. The tensor side is then one gather (`select`, whose backward is a scatter-add) on the
-//! channel-last flattened feature maps of all levels, a multiply by the weights and a sum over
-//! taps.
+//! `grid_h * grid_w` samples), merged into distinct (pixel, weight) taps per output bin: a
+//! constant sparse matrix from the channel-last flattened feature maps of all levels to the
+//! output bins (built in parallel over RoIs). The tensor side is one
+//! [`sparse_matmul`](ovkd_backbone::ops::sparse_matmul), whose backward is the transposed
+//! product; on burn-flex and LibTorch neither materialises the `[taps, C]` rows of every bin.
 
-use burn::tensor::{Int, Tensor, TensorData};
+use std::sync::Arc;
+
+use burn::tensor::Tensor;
 use ovkd_backbone::FeatureMap;
+use ovkd_backbone::ops::{SparseMatrix, SparseMatrixBuilder, sparse_matmul};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::boxes::box_area;
@@ -81,45 +86,78 @@ struct LevelGeom {
     scale: f64,
 }
 
-/// A RoIAlign as a sparse linear map: `rows = K * out_h * out_w` output bins, each the sum of
-/// `taps` (index, weight) pairs, stored tap-major (`[taps, rows]`).
+/// A RoIAlign as a sparse linear map: `K * out_h * out_w` output bins (RoI-major, then bin
+/// row, then bin column) by the pixels of the channel-last flattened feature maps.
 #[derive(Clone, Debug)]
 pub struct RoiAlignPlan {
-    indices: Vec<i64>,
-    weights: Vec<f32>,
-    rows: usize,
-    taps: usize,
+    matrix: Arc<SparseMatrix>,
 }
 
 impl RoiAlignPlan {
     /// Distinct taps per bin after merging (the widest bin sets it).
     pub fn taps(&self) -> usize {
-        self.taps
+        self.matrix.max_row_nnz()
+    }
+
+    /// The map: `[K * out_h * out_w, pixels]`.
+    pub fn matrix(&self) -> &SparseMatrix {
+        &self.matrix
     }
 
     /// Applies the map: `flat` is `[P, C]` (all levels, channel-last, concatenated) →
     /// `[K, C, out_h, out_w]`.
     fn apply(&self, flat: Tensor<2>, k: usize, out: [usize; 2]) -> Tensor<4> {
-        let device = flat.device();
         let [_, c] = flat.dims();
-        let idx = Tensor::<1, Int>::from_data(
-            TensorData::new(self.indices.clone(), [self.indices.len()]),
-            &device,
-        );
-        let w = Tensor::<2>::from_data(
-            TensorData::new(self.weights.clone(), [self.weights.len(), 1]),
-            &device,
-        );
-        let gathered = flat.select(0, idx).mul(w);
-        gathered
-            .reshape([self.taps, self.rows, c])
-            .sum_dim(0)
+        sparse_matmul(&self.matrix, flat)
             .reshape([k, out[0], out[1], c])
             .permute([0, 3, 1, 2])
     }
 }
 
-/// The taps of one RoI on one level, appended bin by bin (`out_h * out_w` bins) to `bins`.
+/// RoIs pooled per parallel task when building a plan.
+const PLAN_CHUNK: usize = 32;
+
+/// The plan of `rois`, the `i`-th pooled on `geom_of(i)`, over `pixels` flattened pixels.
+fn build_plan<'a>(
+    rois: &[Roi],
+    geom_of: impl Fn(usize) -> &'a LevelGeom + Sync,
+    pixels: usize,
+    out: [usize; 2],
+    sampling_ratio: i32,
+    aligned: bool,
+) -> RoiAlignPlan {
+    let parts = rois
+        .par_chunks(PLAN_CHUNK)
+        .enumerate()
+        .map(|(c, chunk)| {
+            let mut b = SparseMatrixBuilder::new(pixels);
+            for (i, roi) in chunk.iter().enumerate() {
+                let geom = geom_of(c * PLAN_CHUNK + i);
+                assert!(
+                    roi.batch < geom.n,
+                    "RoI batch index {} out of range ({} images)",
+                    roi.batch,
+                    geom.n
+                );
+                roi_taps(
+                    &roi.bbox,
+                    geom,
+                    roi.batch,
+                    out,
+                    sampling_ratio,
+                    aligned,
+                    &mut b,
+                );
+            }
+            b.build()
+        })
+        .collect();
+    RoiAlignPlan {
+        matrix: Arc::new(SparseMatrix::vstack(parts, pixels)),
+    }
+}
+
+/// The taps of one RoI on one level, appended bin by bin (`out_h * out_w` rows) to `plan`.
 #[allow(clippy::too_many_arguments)]
 fn roi_taps(
     bbox: &[f32; 4],
@@ -128,7 +166,7 @@ fn roi_taps(
     out: [usize; 2],
     sampling_ratio: i32,
     aligned: bool,
-    bins: &mut Vec<Vec<(i64, f64)>>,
+    plan: &mut SparseMatrixBuilder,
 ) {
     let offset = if aligned { 0.5 } else { 0.0 };
     let start_w = bbox[0] as f64 * geom.scale - offset;
@@ -154,7 +192,7 @@ fn roi_taps(
         (roi_w / out[1] as f64).ceil() as i64
     };
     let count = (grid_h * grid_w).max(1) as f64;
-    let base = (geom.offset + batch * geom.h * geom.w) as i64;
+    let base = geom.offset + batch * geom.h * geom.w;
 
     // One axis' samples of one bin: (low, high, weight of low, weight of high), or None when
     // the sample lies outside [-1, size].
@@ -188,7 +226,6 @@ fn roi_taps(
         let ys = axis(start_h, bin_h, grid_h, ph, geom.h);
         for pw in 0..out[1] {
             let xs = axis(start_w, bin_w, grid_w, pw, geom.w);
-            let mut taps: Vec<(i64, f64)> = Vec::with_capacity(4 * ys.len() * xs.len());
             for y in ys.iter().flatten() {
                 for x in xs.iter().flatten() {
                     let (yl, yh, hy, ly) = *y;
@@ -199,38 +236,12 @@ fn roi_taps(
                         (yh, xl, ly * hx),
                         (yh, xh, ly * lx),
                     ] {
-                        let pos = base + (yy * geom.w + xx) as i64;
-                        match taps.iter_mut().find(|t| t.0 == pos) {
-                            Some(t) => t.1 += wt / count,
-                            None => taps.push((pos, wt / count)),
-                        }
+                        plan.add(base + yy * geom.w + xx, wt / count);
                     }
                 }
             }
-            bins.push(taps);
+            plan.end_row();
         }
-    }
-}
-
-fn build_plan(bins: Vec<Vec<(i64, f64)>>) -> RoiAlignPlan {
-    let rows = bins.len();
-    let taps = bins.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let mut indices = vec![0i64; taps * rows];
-    let mut weights = vec![0f32; taps * rows];
-    for (r, bin) in bins.iter().enumerate() {
-        // Padding taps repeat the bin's first pixel with weight 0, keeping reads local.
-        let pad = bin.first().map_or(0, |t| t.0);
-        for t in 0..taps {
-            let (i, w) = bin.get(t).copied().unwrap_or((pad, 0.0));
-            indices[t * rows + r] = i;
-            weights[t * rows + r] = w as f32;
-        }
-    }
-    RoiAlignPlan {
-        indices,
-        weights,
-        rows,
-        taps,
     }
 }
 
@@ -259,20 +270,15 @@ pub fn roi_align(
         w,
         scale: spatial_scale as f64,
     };
-    let mut bins = Vec::with_capacity(rois.len() * output_size[0] * output_size[1]);
-    for roi in rois {
-        assert!(roi.batch < n, "roi_align: batch index {} >= {n}", roi.batch);
-        roi_taps(
-            &roi.bbox,
-            &geom,
-            roi.batch,
-            output_size,
-            sampling_ratio,
-            aligned,
-            &mut bins,
-        );
-    }
-    build_plan(bins).apply(channel_last(input), rois.len(), output_size)
+    build_plan(
+        rois,
+        |_| &geom,
+        n * h * w,
+        output_size,
+        sampling_ratio,
+        aligned,
+    )
+    .apply(channel_last(input), rois.len(), output_size)
 }
 
 /// Multi-level RoIAlign (torchvision's `MultiScaleRoIAlign`): each box is pooled from the
@@ -339,25 +345,14 @@ impl MultiScaleRoiAlign {
             offset += n * h * w;
         }
         let levels = self.assign_levels(features, rois);
-        let out = self.config.output_size;
-        let mut bins = Vec::with_capacity(rois.len() * out[0] * out[1]);
-        for (roi, &l) in rois.iter().zip(&levels) {
-            assert!(
-                roi.batch < geoms[l].n,
-                "RoI batch index {} out of range",
-                roi.batch
-            );
-            roi_taps(
-                &roi.bbox,
-                &geoms[l],
-                roi.batch,
-                out,
-                self.config.sampling_ratio,
-                self.config.aligned,
-                &mut bins,
-            );
-        }
-        build_plan(bins)
+        build_plan(
+            rois,
+            |i| &geoms[levels[i]],
+            offset,
+            self.config.output_size,
+            self.config.sampling_ratio,
+            self.config.aligned,
+        )
     }
 }
 

@@ -3,6 +3,7 @@
 //! - [`Conv2d`] / [`Conv2dConfig`]: drop-in for `burn::nn::conv::{Conv2d, Conv2dConfig}`.
 //! - [`conv2d`]: drop-in for `burn::tensor::module::conv2d`.
 //! - [`AdamW`] / [`AdamWConfig`]: AdamW with PyTorch's defaults, in place on LibTorch.
+//! - [`sparse_matmul`]: a constant [`SparseMatrix`] times a dense tensor (RoIAlign's core).
 //! - [`relu`]: drop-in for `burn::tensor::activation::relu` (LibTorch's fused backward).
 //! - [`heap::retain_freed_memory`]: keep freed tensor buffers for reuse (call once at start).
 //!
@@ -20,6 +21,8 @@ pub mod heap;
 mod kernels;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod relu;
+#[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
+mod spmm;
 // burn-tch is marked deprecated in Burn 0.22 (in favour of CubeCL backends), but it is the
 // backend that links LibTorch's cuDNN / oneDNN kernels, which is what `--device tch-*` is for.
 #[cfg(feature = "tch")]
@@ -31,3 +34,4 @@ pub use conv2d::{Conv2d, Conv2dConfig};
 pub use extension::{FastConvBackend, conv2d, supports};
 pub use kernels::{ConvGrads, ConvKernels, GradMask};
 pub use relu::relu;
+pub use spmm::{SparseMatrix, SparseMatrixBuilder, SpmmBackend, sparse_matmul};
