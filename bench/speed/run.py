@@ -7,6 +7,10 @@ count, takes the median step time of each side over all rounds, and writes
 
 (ratio = ours / reference, higher is better; `*_ms` are the medians of each phase) and prints
 the table. Interleaving the two sides spreads the noise of a shared machine over both.
+
+A row whose command fails is kept as `{"name", "unit", "error"}` and the suite goes on to the
+next row (the exit status is then 1); the JSON is rewritten after every row, so a run that is
+killed part-way (a device session's time limit) still leaves the rows it finished.
 """
 import argparse
 import json
@@ -83,12 +87,28 @@ def torch_device(device):
     return "cpu"
 
 
+class RowFailed(Exception):
+    """One command of a row exited non-zero or printed no JSON."""
+
+
 def run_json(cmd, env):
     out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if out.returncode != 0:
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
         sys.stderr.write(out.stderr)
-        raise SystemExit(f"failed ({out.returncode}): {' '.join(cmd)}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        tail = out.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RowFailed(f"exit {out.returncode}: {os.path.basename(cmd[0])} "
+                        f"{' '.join(cmd[1:])}: {tail[0]}")
+    return json.loads(lines[-1])
+
+
+def write_json(results, path):
+    """Writes `results` to `path` through a temporary file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)) or ".")
+    with os.fdopen(fd, "w") as f:
+        json.dump(results, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def median_phases(samples):
@@ -139,17 +159,23 @@ def main():
             ours = {"forward": [], "backward": [], "optim": [], "total": []}
             ref = {"forward": [], "backward": [], "optim": [], "total": []}
             cosines = []
-            for _ in range(args.rounds):
-                o = run_json([args.bin, "--device", args.device] + common + glob + workload
-                             + local + ours_extra, env)
-                r = run_json([sys.executable, os.path.join(HERE, "reference.py"),
-                              "--device", torch_device(args.device), "--threads",
-                              str(args.threads)] + common + workload + ref_extra, env)
-                if "min_cosine_vs_f32" in o:
-                    cosines.append(o["min_cosine_vs_f32"])
-                for k in ours:
-                    ours[k] += o["times_ms"][k]
-                    ref[k] += r["times_ms"][k]
+            try:
+                for _ in range(args.rounds):
+                    o = run_json([args.bin, "--device", args.device] + common + glob + workload
+                                 + local + ours_extra, env)
+                    r = run_json([sys.executable, os.path.join(HERE, "reference.py"),
+                                  "--device", torch_device(args.device), "--threads",
+                                  str(args.threads)] + common + workload + ref_extra, env)
+                    if "min_cosine_vs_f32" in o:
+                        cosines.append(o["min_cosine_vs_f32"])
+                    for k in ours:
+                        ours[k] += o["times_ms"][k]
+                        ref[k] += r["times_ms"][k]
+            except RowFailed as e:
+                results.append({"name": row_name, "unit": unit, "error": str(e)})
+                write_json(results, args.out)
+                print(f"  {row_name}: FAILED {e}", file=sys.stderr, flush=True)
+                continue
             ours_ms, ref_ms = median_phases(ours), median_phases(ref)
             ours_v = per_step * 1e3 / ours_ms["total"]
             ref_v = per_step * 1e3 / ref_ms["total"]
@@ -166,20 +192,19 @@ def main():
             })
             if cosines:
                 results[-1]["min_cosine_vs_f32"] = round(min(cosines), 6)
+            write_json(results, args.out)
             print(f"  {row_name}: ours {ours_ms} | reference {ref_ms}", file=sys.stderr, flush=True)
     shutil.rmtree(scratch, ignore_errors=True)
-
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)) or ".")
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, args.out)
+    write_json(results, args.out)
 
     print(f"device {args.device}, {args.threads} threads, {args.rounds} rounds x {args.steps} steps "
           f"({args.heavy_steps} for the heavy rows)")
     print("| name | unit | ours | reference | ratio | target | fwd/bwd/opt ms ours | ... reference |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
+        if "error" in r:
+            print(f"| {r['name']} | {r['unit']} | | | | FAILED: {r['error']} | | |")
+            continue
         t = r["target"]
         status = "(before)" if r["name"].endswith(("_burnconv", "_burnadamw")) else "" if t is None else (f"{t}x met" if r["ratio"] >= t
                                        else f"{t}x missed by {t - r['ratio']:.2f}")
@@ -188,6 +213,8 @@ def main():
             status += f" (cosine to fp32 >= {r['min_cosine_vs_f32']:.5f})"
         print(f"| {r['name']} | {r['unit']} | {r['ours']:.3g} | {r['reference']:.3g} | "
               f"{r['ratio']:.2f}x | {status} | {ph(r['ours_ms'])} | {ph(r['reference_ms'])} |")
+    if any("error" in r for r in results):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
