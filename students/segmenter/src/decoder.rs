@@ -196,9 +196,8 @@ pub fn upsample_bilinear(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     let (a_h, a_w) = (matrix(oh, h), matrix(ow, w));
     // Along the width: [B*C*h, w] · [w, ow].
     let t = x.reshape([b * c * h, w]).matmul(a_w.transpose());
-    // Along the height: [B*C, oh, h] · [B*C, h, ow].
+    // Along the height: [1, oh, h] · [B*C, h, ow] (matmul broadcasts the batch).
     a_h.unsqueeze::<3>()
-        .expand([b * c, oh, h])
         .matmul(t.reshape([b * c, h, ow]))
         .reshape([b, c, oh, ow])
 }
