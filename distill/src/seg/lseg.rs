@@ -18,6 +18,31 @@ pub const IGNORE: i64 = 255;
 /// false); `mask` `[B, H, W]`. Returns `[1]`.
 pub fn nll_sum(logits: Tensor<4>, targets: Tensor<3, Int>, mask: Tensor<3, Bool>) -> Tensor<1> {
     let [b, c, h, w] = logits.dims();
+    if ovkd_backbone::ops::is_flex(&logits.device()) {
+        // The fused, parallel kernel (Burn's log-softmax runs on one thread there).
+        let t = targets
+            .try_into_vec_as::<i64>()
+            .expect("burn-flex reads its integer tensors back");
+        let m = mask
+            .into_data()
+            .try_into_vec::<bool>()
+            .expect("burn-flex reads its boolean tensors back");
+        let target = t
+            .iter()
+            .zip(&m)
+            .map(|(&t, &m)| {
+                if m {
+                    t.clamp(0, c as i64 - 1) as i32
+                } else {
+                    -1
+                }
+            })
+            .collect();
+        return ovkd_backbone::ops::pixel_nll_sum(
+            logits,
+            std::sync::Arc::new(ovkd_backbone::ops::PixelLabels { target }),
+        );
+    }
     let safe = targets
         .mask_fill(mask.clone().bool_not(), 0)
         .clamp(0, c as i64 - 1);

@@ -9,8 +9,8 @@ use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::{Device, Tensor, TensorData};
 use ovkd_backbone::FeatureMap;
-use ovkd_backbone::ops::relu;
 use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
+use ovkd_backbone::ops::{batch_norm, relu};
 use serde::{Deserialize, Serialize};
 
 use crate::SegmenterError;
@@ -125,7 +125,7 @@ impl ConvBnRelu {
 
     /// `[B, C_in, H, W]` → `[B, C_out, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.bn.forward(self.conv.forward(x)))
+        relu(batch_norm(&self.bn, self.conv.forward(x)))
     }
 }
 

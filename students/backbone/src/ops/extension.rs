@@ -184,6 +184,15 @@ pub fn supports(device: &burn::tensor::Device) -> bool {
     }
 }
 
+/// Whether `device` is burn-flex (with or without autodiff), where the channel-parallel batch
+/// norm and the fused pixel loss run.
+pub fn is_flex(device: &burn::tensor::Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Flex(_)
+    )
+}
+
 /// The 2-D convolution with its own backward where the backend has one, else
 /// [`burn::tensor::module::conv2d`]. Same arguments, same result.
 ///

@@ -4,6 +4,8 @@
 //! - [`conv2d`]: drop-in for `burn::tensor::module::conv2d`.
 //! - [`AdamW`] / [`AdamWConfig`]: AdamW with PyTorch's defaults, in place on LibTorch.
 //! - [`sparse_matmul`]: a constant [`SparseMatrix`] times a dense tensor (RoIAlign's core).
+//! - [`batch_norm`]: drop-in for `BatchNorm::forward` (channel-parallel training on burn-flex).
+//! - [`pixel_nll_sum`]: a segmenter's per-pixel cross-entropy, fused (burn-flex).
 //! - [`relu`]: drop-in for `burn::tensor::activation::relu` (LibTorch's fused backward).
 //! - [`heap::retain_freed_memory`]: keep freed tensor buffers for reuse (call once at start).
 //!
@@ -13,12 +15,14 @@
 
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod adamw;
+mod batch_norm;
 mod conv2d;
 pub mod conv2d_cpu;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod extension;
 pub mod heap;
 mod kernels;
+mod pixel_nll;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod relu;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
@@ -30,8 +34,10 @@ mod spmm;
 mod libtorch;
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use batch_norm::{BatchNormBackend, batch_norm};
 pub use conv2d::{Conv2d, Conv2dConfig};
-pub use extension::{FastConvBackend, conv2d, supports};
+pub use extension::{FastConvBackend, conv2d, is_flex, supports};
 pub use kernels::{ConvGrads, ConvKernels, GradMask};
+pub use pixel_nll::{PixelLabels, PixelNllBackend, pixel_nll_sum};
 pub use relu::relu;
 pub use spmm::{SparseMatrix, SparseMatrixBuilder, SpmmBackend, sparse_matmul};

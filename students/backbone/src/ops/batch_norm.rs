@@ -1,0 +1,418 @@
+//! Training-mode batch norm with channel-parallel kernels on burn-flex.
+//!
+//! Burn's generic `batch_norm_train` and its backward swap the batch and channel axes (a copy),
+//! then reduce each channel's row on one thread. In a profile of the segmenter's training step
+//! on burn-flex, half the wall time ran on the main thread alone, and batch norm was the largest
+//! part of it (6.6 s of 45 s over 250 steps; BENCHMARKS, Speed, session 11). [`batch_norm`]
+//! computes the same statistics, output and gradients one channel (or one `[B, C]` plane) per
+//! task. Other backends, and inference, use Burn's own [`BatchNorm::forward`].
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::{Flex, FlexTensor};
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata, backend_extension};
+use burn::nn::BatchNorm;
+use burn::tensor::{DType, FloatDType, Slice, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// `bn.forward(x)` for `x` `[B, C, H, W]`: in training (an autodiff device and `bn` not
+/// frozen) on burn-flex, the channel-parallel kernels, with the running statistics updated
+/// exactly as Burn does (momentum, biased variance); otherwise Burn's own forward.
+pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    if !(super::is_flex(&device) && device.is_autodiff() && bn.training.is_enabled()) {
+        return bn.forward(x);
+    }
+    let [_, c, _, _] = x.dims();
+    type D = burn::backend::Dispatch;
+    let stats: Tensor<2> = Tensor::from_dispatch(<D as BatchNormBackend>::bn_stats(
+        x.clone().detach().into_dispatch(),
+    ));
+    let out = Tensor::from_dispatch(<D as BatchNormBackend>::bn_train(
+        x.into_dispatch(),
+        bn.gamma.val().into_dispatch(),
+        bn.beta.val().into_dispatch(),
+        bn.epsilon,
+    ));
+    let mean = stats.clone().slice([0..1, 0..c]).reshape([c]);
+    let var = stats.slice([1..2, 0..c]).reshape([c]);
+    let running_mean = bn.running_mean.value_sync().to_device(&device);
+    let running_var = bn.running_var.value_sync().to_device(&device);
+    let m = bn.momentum;
+    bn.running_mean.update(
+        running_mean
+            .mul_scalar(1.0 - m)
+            .add(mean.mul_scalar(m))
+            .detach(),
+    );
+    bn.running_var.update(
+        running_var
+            .mul_scalar(1.0 - m)
+            .add(var.mul_scalar(m))
+            .detach(),
+    );
+    out
+}
+
+/// Training-mode batch norm routed to the tensor's backend.
+#[backend_extension(Flex, Autodiff)]
+pub trait BatchNormBackend: Backend {
+    /// `x` `[B, C, ...]` → `[2, C]`: each channel's mean and biased variance.
+    fn bn_stats(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x` `[B, C, ...]` normalised by its own batch statistics, times `gamma` `[C]`, plus
+    /// `beta` `[C]`.
+    fn bn_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+    /// The gradient of [`Self::bn_train`] with respect to `x`, given the output's `grad`.
+    fn bn_grad_input(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+    /// `[2, C]`: the gradients with respect to `gamma` and `beta`.
+    fn bn_grad_affine(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+}
+
+/// The tensor as contiguous float32 (no copy when it already is) and its shape.
+fn f32_parts(x: FlexTensor) -> (FlexTensor, Vec<usize>) {
+    let x = if x.dtype() == DType::F32 {
+        x
+    } else {
+        <Flex as FloatTensorOps<Flex>>::float_cast(x, FloatDType::F32)
+    };
+    let dims = x.shape().to_vec();
+    let x = if x.is_contiguous() {
+        x
+    } else {
+        x.to_contiguous()
+    };
+    (x, dims)
+}
+
+fn values(x: &FlexTensor) -> &[f32] {
+    x.as_slice::<f32>().expect("contiguous float32")
+}
+
+fn sizes(dims: &[usize]) -> (usize, usize, usize) {
+    let (b, c) = (dims[0], dims[1]);
+    (b, c, dims[2..].iter().product())
+}
+
+fn tensor(values: Vec<f32>, dims: Vec<usize>, dtype: DType) -> FlexTensor {
+    let t = FlexTensor::from_data(TensorData::new(values, dims));
+    if dtype == DType::F32 {
+        t
+    } else {
+        <Flex as FloatTensorOps<Flex>>::float_cast(t, dtype.into())
+    }
+}
+
+/// Per channel: mean and biased variance (two passes, accumulated in f64).
+fn channel_stats(x: &[f32], b: usize, c: usize, s: usize) -> Vec<(f64, f64)> {
+    let n = (b * s).max(1) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let planes = (0..b).map(|i| &x[(i * c + ch) * s..(i * c + ch + 1) * s]);
+            let mean = planes
+                .clone()
+                .map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>())
+                .sum::<f64>()
+                / n;
+            let var = planes
+                .map(|p| {
+                    p.iter()
+                        .map(|&v| (f64::from(v) - mean).powi(2))
+                        .sum::<f64>()
+                })
+                .sum::<f64>()
+                / n;
+            (mean, var)
+        })
+        .collect()
+}
+
+/// Per channel: mean, 1 / std, Σ g and Σ g · x̂.
+fn channel_grad_sums(
+    x: &[f32],
+    g: &[f32],
+    (b, c, s): (usize, usize, usize),
+    eps: f64,
+) -> Vec<[f64; 4]> {
+    channel_stats(x, b, c, s)
+        .into_par_iter()
+        .enumerate()
+        .map(|(ch, (mean, var))| {
+            let inv = 1.0 / (var + eps).sqrt();
+            let (mut sg, mut sgx) = (0f64, 0f64);
+            for i in 0..b {
+                let r = (i * c + ch) * s..(i * c + ch + 1) * s;
+                for (&xv, &gv) in x[r.clone()].iter().zip(&g[r]) {
+                    sg += f64::from(gv);
+                    sgx += f64::from(gv) * (f64::from(xv) - mean) * inv;
+                }
+            }
+            [mean, inv, sg, sgx]
+        })
+        .collect()
+}
+
+impl BatchNormBackend for Flex {
+    fn bn_stats(x: FlexTensor) -> FlexTensor {
+        let dtype = x.dtype();
+        let (x, dims) = f32_parts(x);
+        let (b, c, s) = sizes(&dims);
+        let st = channel_stats(values(&x), b, c, s);
+        let mut out: Vec<f32> = st.iter().map(|&(m, _)| m as f32).collect();
+        out.extend(st.iter().map(|&(_, v)| v as f32));
+        tensor(out, vec![2, c], dtype)
+    }
+
+    fn bn_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> FlexTensor {
+        let dtype = x.dtype();
+        let (x, dims) = f32_parts(x);
+        let (gamma, _) = f32_parts(gamma);
+        let (beta, _) = f32_parts(beta);
+        let (x, gamma, beta) = (values(&x), values(&gamma), values(&beta));
+        let (b, c, s) = sizes(&dims);
+        // Scale and shift per channel, so the plane loop is one multiply-add.
+        let affine: Vec<(f32, f32)> = channel_stats(x, b, c, s)
+            .iter()
+            .enumerate()
+            .map(|(ch, &(mean, var))| {
+                let k = f64::from(gamma[ch]) / (var + epsilon).sqrt();
+                (k as f32, (f64::from(beta[ch]) - mean * k) as f32)
+            })
+            .collect();
+        let mut out = vec![0f32; x.len()];
+        if s > 0 {
+            out.par_chunks_mut(s)
+                .zip(x.par_chunks(s))
+                .enumerate()
+                .for_each(|(plane, (o, xp))| {
+                    let (k, d) = affine[plane % c];
+                    for (o, &v) in o.iter_mut().zip(xp) {
+                        *o = v * k + d;
+                    }
+                });
+        }
+        tensor(out, dims, dtype)
+    }
+
+    fn bn_grad_input(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        grad: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        let dtype = x.dtype();
+        let (x, dims) = f32_parts(x);
+        let (gamma, _) = f32_parts(gamma);
+        let (g, _) = f32_parts(grad);
+        let (x, gamma, g) = (values(&x), values(&gamma), values(&g));
+        let (b, c, s) = sizes(&dims);
+        let n = (b * s).max(1) as f64;
+        // dx = γ/σ · (g − mean(g) − x̂ · mean(g · x̂)), as a · g + k · x + d per channel.
+        let coef: Vec<(f32, f32, f32)> = channel_grad_sums(x, g, (b, c, s), epsilon)
+            .iter()
+            .enumerate()
+            .map(|(ch, &[mean, inv, sg, sgx])| {
+                let a = f64::from(gamma[ch]) * inv;
+                let k = -a * inv * sgx / n;
+                let d = -a * sg / n - k * mean;
+                (a as f32, k as f32, d as f32)
+            })
+            .collect();
+        let mut out = vec![0f32; x.len()];
+        if s > 0 {
+            out.par_chunks_mut(s)
+                .zip(x.par_chunks(s).zip(g.par_chunks(s)))
+                .enumerate()
+                .for_each(|(plane, (o, (xp, gp)))| {
+                    let (a, k, d) = coef[plane % c];
+                    for ((o, &xv), &gv) in o.iter_mut().zip(xp).zip(gp) {
+                        *o = a * gv + k * xv + d;
+                    }
+                });
+        }
+        tensor(out, dims, dtype)
+    }
+
+    fn bn_grad_affine(x: FlexTensor, grad: FlexTensor, epsilon: f64) -> FlexTensor {
+        let dtype = x.dtype();
+        let (x, dims) = f32_parts(x);
+        let (g, _) = f32_parts(grad);
+        let (b, c, s) = sizes(&dims);
+        let sums = channel_grad_sums(values(&x), values(&g), (b, c, s), epsilon);
+        let mut out: Vec<f32> = sums.iter().map(|v| v[3] as f32).collect();
+        out.extend(sums.iter().map(|v| v[2] as f32));
+        tensor(out, vec![2, c], dtype)
+    }
+}
+
+#[derive(Debug)]
+struct BatchNormTrainBackward;
+
+impl<B: BatchNormBackend> Backward<B, 3> for BatchNormTrainBackward {
+    /// `x`, `gamma` and epsilon of the forward.
+    type State = (FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, gamma, eps) = ops.state;
+        let [px, pg, pb] = ops.parents;
+        if pg.is_some() || pb.is_some() {
+            let c = gamma.shape()[0];
+            let both = B::bn_grad_affine(x.clone(), grad.clone(), eps);
+            let row = |r: usize| {
+                let t = B::float_slice(both.clone(), &[Slice::from(r..r + 1), Slice::from(0..c)]);
+                B::float_reshape(t, [c].into())
+            };
+            if let Some(p) = pg {
+                grads.register::<B>(p.id, row(0));
+            }
+            if let Some(p) = pb {
+                grads.register::<B>(p.id, row(1));
+            }
+        }
+        if let Some(p) = px {
+            grads.register::<B>(p.id, B::bn_grad_input(x, gamma, grad, eps));
+        }
+    }
+}
+
+impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B, C> {
+    fn bn_stats(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::bn_stats(x.into_primitive()))
+    }
+
+    fn bn_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        match BatchNormTrainBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, gamma, beta) = (
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                );
+                let y = B::bn_train(x.clone(), gamma.clone(), beta, epsilon);
+                prep.finish((x, gamma, epsilon), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::bn_train(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                epsilon,
+            )),
+        }
+    }
+
+    fn bn_grad_input(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::bn_grad_input(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            grad.into_primitive(),
+            epsilon,
+        ))
+    }
+
+    fn bn_grad_affine(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::bn_grad_affine(
+            x.into_primitive(),
+            grad.into_primitive(),
+            epsilon,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::BatchNormConfig;
+    use burn::tensor::{Device, Distribution};
+
+    /// Output, input / gamma / beta gradients and the running statistics after two training
+    /// steps equal Burn's own training-mode batch norm, and inference is untouched.
+    #[test]
+    fn matches_burns_batch_norm_in_training() {
+        let device = Device::default().autodiff();
+        let mut a = BatchNormConfig::new(3).init(&device);
+        a.gamma = burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![1.5f32, -0.7, 0.3], [3]),
+            &device,
+        ));
+        a.beta = burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![0.2f32, -1.0, 0.5], [3]),
+            &device,
+        ));
+        let b = a.clone();
+        for step in 0..2 {
+            let x0 = Tensor::<4>::random([4, 3, 5, 6], Distribution::Normal(1.0, 2.0), &device)
+                .mul_scalar(1.0 + step as f64);
+            let w = Tensor::<4>::random([4, 3, 5, 6], Distribution::Default, &device);
+            let run = |bn: &BatchNorm, ours: bool| {
+                let x = x0.clone().detach().require_grad();
+                let y = if ours {
+                    batch_norm(bn, x.clone())
+                } else {
+                    bn.forward(x.clone())
+                };
+                let g = y.clone().mul(w.clone()).sum().backward();
+                let gx = x.grad(&g).unwrap();
+                let gg = bn.gamma.val().grad(&g).unwrap();
+                let gb = bn.beta.val().grad(&g).unwrap();
+                (y.detach(), gx, gg, gb)
+            };
+            let (y1, x1, g1, b1) = run(&a, true);
+            let (y2, x2, g2, b2) = run(&b, false);
+            let tol = burn::tensor::Tolerance::<f32>::absolute(1e-4);
+            y1.into_data().assert_approx_eq::<f32>(&y2.into_data(), tol);
+            x1.into_data().assert_approx_eq::<f32>(&x2.into_data(), tol);
+            g1.into_data().assert_approx_eq::<f32>(&g2.into_data(), tol);
+            b1.into_data().assert_approx_eq::<f32>(&b2.into_data(), tol);
+        }
+        for (s, t) in [
+            (a.running_mean.value(), b.running_mean.value()),
+            (a.running_var.value(), b.running_var.value()),
+        ] {
+            s.into_data()
+                .assert_approx_eq::<f32>(&t.into_data(), burn::tensor::Tolerance::absolute(1e-5));
+        }
+        // Inference (a plain device) goes through Burn's forward with the running statistics.
+        let plain = BatchNormConfig::new(3).init(&Device::default());
+        let x = Tensor::<4>::random([2, 3, 4, 4], Distribution::Default, &Device::default());
+        batch_norm(&plain, x.clone())
+            .into_data()
+            .assert_eq(&plain.forward(x).into_data(), true);
+    }
+}
