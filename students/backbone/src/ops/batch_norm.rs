@@ -12,12 +12,13 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{Flex, FlexTensor};
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, Backend, TensorMetadata, backend_extension};
 use burn::nn::BatchNorm;
-use burn::tensor::{DType, FloatDType, Slice, Tensor, TensorData};
+use burn::tensor::{Slice, Tensor};
 use rayon::prelude::*;
+
+use super::flex_f32::{contiguous_f32, from_f32, values};
 
 /// `bn.forward(x)` for `x` `[B, C, H, W]`: in training (an autodiff device and `bn` not
 /// frozen) on burn-flex, the channel-parallel kernels, with the running statistics updated
@@ -36,6 +37,7 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
         x.into_dispatch(),
         bn.gamma.val().into_dispatch(),
         bn.beta.val().into_dispatch(),
+        stats.clone().into_dispatch(),
         bn.epsilon,
     ));
     let mean = stats.clone().slice([0..1, 0..c]).reshape([c]);
@@ -58,52 +60,40 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     out
 }
 
-/// Training-mode batch norm routed to the tensor's backend.
+/// Training-mode batch norm routed to the tensor's backend. `stats` `[2, C]` are `x`'s own
+/// (from [`Self::bn_stats`]), computed once per layer and step: they get no gradient of their
+/// own, the input gradient accounts for them.
 #[backend_extension(Flex, Autodiff)]
 pub trait BatchNormBackend: Backend {
     /// `x` `[B, C, ...]` → `[2, C]`: each channel's mean and biased variance.
     fn bn_stats(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// `x` `[B, C, ...]` normalised by its own batch statistics, times `gamma` `[C]`, plus
-    /// `beta` `[C]`.
+    /// `x` `[B, C, ...]` normalised by its batch statistics `stats`, times `gamma` `[C]`, plus
+    /// `beta` `[C]`; differentiable in `x`, `gamma` and `beta`.
     fn bn_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self>;
-    /// The gradient of [`Self::bn_train`] with respect to `x`, given the output's `grad`.
+    /// `[2, C]`: the gradients of [`Self::bn_train`] with respect to `gamma` (Σ g · x̂) and
+    /// `beta` (Σ g), given the output's `grad`.
+    fn bn_grad_affine(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+    /// The gradient with respect to `x`, from the same sums (`affine`, from
+    /// [`Self::bn_grad_affine`]).
     fn bn_grad_input(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        affine: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self>;
-    /// `[2, C]`: the gradients with respect to `gamma` and `beta`.
-    fn bn_grad_affine(
-        x: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        epsilon: f64,
-    ) -> FloatTensor<Self>;
-}
-
-/// The tensor as contiguous float32 (no copy when it already is) and its shape.
-fn f32_parts(x: FlexTensor) -> (FlexTensor, Vec<usize>) {
-    let x = if x.dtype() == DType::F32 {
-        x
-    } else {
-        <Flex as FloatTensorOps<Flex>>::float_cast(x, FloatDType::F32)
-    };
-    let dims = x.shape().to_vec();
-    let x = if x.is_contiguous() {
-        x
-    } else {
-        x.to_contiguous()
-    };
-    (x, dims)
-}
-
-fn values(x: &FlexTensor) -> &[f32] {
-    x.as_slice::<f32>().expect("contiguous float32")
 }
 
 fn sizes(dims: &[usize]) -> (usize, usize, usize) {
@@ -111,13 +101,19 @@ fn sizes(dims: &[usize]) -> (usize, usize, usize) {
     (b, c, dims[2..].iter().product())
 }
 
-fn tensor(values: Vec<f32>, dims: Vec<usize>, dtype: DType) -> FlexTensor {
-    let t = FlexTensor::from_data(TensorData::new(values, dims));
-    if dtype == DType::F32 {
-        t
-    } else {
-        <Flex as FloatTensorOps<Flex>>::float_cast(t, dtype.into())
-    }
+/// Per channel `(mean, 1 / sqrt(var + eps))` from a `[2, C]` statistics tensor.
+fn mean_inv(stats: FlexTensor, eps: f64) -> Vec<(f64, f64)> {
+    let st = contiguous_f32(stats);
+    let st = values(&st);
+    let c = st.len() / 2;
+    (0..c)
+        .map(|ch| {
+            (
+                f64::from(st[ch]),
+                1.0 / (f64::from(st[c + ch]) + eps).sqrt(),
+            )
+        })
+        .collect()
 }
 
 /// Per channel: mean and biased variance (two passes, accumulated in f64).
@@ -145,55 +141,40 @@ fn channel_stats(x: &[f32], b: usize, c: usize, s: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Per channel: mean, 1 / std, Σ g and Σ g · x̂.
-fn channel_grad_sums(
-    x: &[f32],
-    g: &[f32],
-    (b, c, s): (usize, usize, usize),
-    eps: f64,
-) -> Vec<[f64; 4]> {
-    channel_stats(x, b, c, s)
-        .into_par_iter()
-        .enumerate()
-        .map(|(ch, (mean, var))| {
-            let inv = 1.0 / (var + eps).sqrt();
-            let (mut sg, mut sgx) = (0f64, 0f64);
-            for i in 0..b {
-                let r = (i * c + ch) * s..(i * c + ch + 1) * s;
-                for (&xv, &gv) in x[r.clone()].iter().zip(&g[r]) {
-                    sg += f64::from(gv);
-                    sgx += f64::from(gv) * (f64::from(xv) - mean) * inv;
-                }
-            }
-            [mean, inv, sg, sgx]
-        })
-        .collect()
-}
-
 impl BatchNormBackend for Flex {
     fn bn_stats(x: FlexTensor) -> FlexTensor {
         let dtype = x.dtype();
-        let (x, dims) = f32_parts(x);
+        let dims = x.shape().to_vec();
+        let x = contiguous_f32(x);
         let (b, c, s) = sizes(&dims);
         let st = channel_stats(values(&x), b, c, s);
         let mut out: Vec<f32> = st.iter().map(|&(m, _)| m as f32).collect();
         out.extend(st.iter().map(|&(_, v)| v as f32));
-        tensor(out, vec![2, c], dtype)
+        from_f32(out, vec![2, c], dtype)
     }
 
-    fn bn_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> FlexTensor {
+    fn bn_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        stats: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
         let dtype = x.dtype();
-        let (x, dims) = f32_parts(x);
-        let (gamma, _) = f32_parts(gamma);
-        let (beta, _) = f32_parts(beta);
+        let dims = x.shape().to_vec();
+        let (x, gamma, beta) = (
+            contiguous_f32(x),
+            contiguous_f32(gamma),
+            contiguous_f32(beta),
+        );
         let (x, gamma, beta) = (values(&x), values(&gamma), values(&beta));
-        let (b, c, s) = sizes(&dims);
+        let (_, c, s) = sizes(&dims);
         // Scale and shift per channel, so the plane loop is one multiply-add.
-        let affine: Vec<(f32, f32)> = channel_stats(x, b, c, s)
+        let affine: Vec<(f32, f32)> = mean_inv(stats, epsilon)
             .iter()
             .enumerate()
-            .map(|(ch, &(mean, var))| {
-                let k = f64::from(gamma[ch]) / (var + epsilon).sqrt();
+            .map(|(ch, &(mean, inv))| {
+                let k = f64::from(gamma[ch]) * inv;
                 (k as f32, (f64::from(beta[ch]) - mean * k) as f32)
             })
             .collect();
@@ -209,27 +190,65 @@ impl BatchNormBackend for Flex {
                     }
                 });
         }
-        tensor(out, dims, dtype)
+        from_f32(out, dims, dtype)
+    }
+
+    fn bn_grad_affine(
+        x: FlexTensor,
+        grad: FlexTensor,
+        stats: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        let dtype = x.dtype();
+        let dims = x.shape().to_vec();
+        let (x, g) = (contiguous_f32(x), contiguous_f32(grad));
+        let (x, g) = (values(&x), values(&g));
+        let (b, c, s) = sizes(&dims);
+        let sums: Vec<(f64, f64)> = mean_inv(stats, epsilon)
+            .into_par_iter()
+            .enumerate()
+            .map(|(ch, (mean, inv))| {
+                let (mut sg, mut sgx) = (0f64, 0f64);
+                for i in 0..b {
+                    let r = (i * c + ch) * s..(i * c + ch + 1) * s;
+                    for (&xv, &gv) in x[r.clone()].iter().zip(&g[r]) {
+                        sg += f64::from(gv);
+                        sgx += f64::from(gv) * (f64::from(xv) - mean) * inv;
+                    }
+                }
+                (sgx, sg)
+            })
+            .collect();
+        let mut out: Vec<f32> = sums.iter().map(|&(sgx, _)| sgx as f32).collect();
+        out.extend(sums.iter().map(|&(_, sg)| sg as f32));
+        from_f32(out, vec![2, c], dtype)
     }
 
     fn bn_grad_input(
         x: FlexTensor,
         gamma: FlexTensor,
         grad: FlexTensor,
+        stats: FlexTensor,
+        affine: FlexTensor,
         epsilon: f64,
     ) -> FlexTensor {
         let dtype = x.dtype();
-        let (x, dims) = f32_parts(x);
-        let (gamma, _) = f32_parts(gamma);
-        let (g, _) = f32_parts(grad);
-        let (x, gamma, g) = (values(&x), values(&gamma), values(&g));
+        let dims = x.shape().to_vec();
+        let (x, gamma, g, affine) = (
+            contiguous_f32(x),
+            contiguous_f32(gamma),
+            contiguous_f32(grad),
+            contiguous_f32(affine),
+        );
+        let (x, gamma, g, affine) = (values(&x), values(&gamma), values(&g), values(&affine));
         let (b, c, s) = sizes(&dims);
         let n = (b * s).max(1) as f64;
         // dx = γ/σ · (g − mean(g) − x̂ · mean(g · x̂)), as a · g + k · x + d per channel.
-        let coef: Vec<(f32, f32, f32)> = channel_grad_sums(x, g, (b, c, s), epsilon)
+        let coef: Vec<(f32, f32, f32)> = mean_inv(stats, epsilon)
             .iter()
             .enumerate()
-            .map(|(ch, &[mean, inv, sg, sgx])| {
+            .map(|(ch, &(mean, inv))| {
+                let (sgx, sg) = (f64::from(affine[ch]), f64::from(affine[c + ch]));
                 let a = f64::from(gamma[ch]) * inv;
                 let k = -a * inv * sgx / n;
                 let d = -a * sg / n - k * mean;
@@ -248,18 +267,7 @@ impl BatchNormBackend for Flex {
                     }
                 });
         }
-        tensor(out, dims, dtype)
-    }
-
-    fn bn_grad_affine(x: FlexTensor, grad: FlexTensor, epsilon: f64) -> FlexTensor {
-        let dtype = x.dtype();
-        let (x, dims) = f32_parts(x);
-        let (g, _) = f32_parts(grad);
-        let (b, c, s) = sizes(&dims);
-        let sums = channel_grad_sums(values(&x), values(&g), (b, c, s), epsilon);
-        let mut out: Vec<f32> = sums.iter().map(|v| v[3] as f32).collect();
-        out.extend(sums.iter().map(|v| v[2] as f32));
-        tensor(out, vec![2, c], dtype)
+        from_f32(out, dims, dtype)
     }
 }
 
@@ -267,29 +275,31 @@ impl BatchNormBackend for Flex {
 struct BatchNormTrainBackward;
 
 impl<B: BatchNormBackend> Backward<B, 3> for BatchNormTrainBackward {
-    /// `x`, `gamma` and epsilon of the forward.
-    type State = (FloatTensor<B>, FloatTensor<B>, f64);
+    /// `x`, `gamma`, the statistics and epsilon of the forward.
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
-        let (x, gamma, eps) = ops.state;
+        let (x, gamma, stats, eps) = ops.state;
         let [px, pg, pb] = ops.parents;
-        if pg.is_some() || pb.is_some() {
-            let c = gamma.shape()[0];
-            let both = B::bn_grad_affine(x.clone(), grad.clone(), eps);
-            let row = |r: usize| {
-                let t = B::float_slice(both.clone(), &[Slice::from(r..r + 1), Slice::from(0..c)]);
-                B::float_reshape(t, [c].into())
-            };
-            if let Some(p) = pg {
-                grads.register::<B>(p.id, row(0));
-            }
-            if let Some(p) = pb {
-                grads.register::<B>(p.id, row(1));
-            }
+        // The input gradient needs the same per-channel sums as gamma's and beta's.
+        let affine = B::bn_grad_affine(x.clone(), grad.clone(), stats.clone(), eps);
+        let c = gamma.shape()[0];
+        let row = |r: usize| {
+            let t = B::float_slice(affine.clone(), &[Slice::from(r..r + 1), Slice::from(0..c)]);
+            B::float_reshape(t, [c].into())
+        };
+        if let Some(p) = pg {
+            grads.register::<B>(p.id, row(0));
+        }
+        if let Some(p) = pb {
+            grads.register::<B>(p.id, row(1));
         }
         if let Some(p) = px {
-            grads.register::<B>(p.id, B::bn_grad_input(x, gamma, grad, eps));
+            grads.register::<B>(
+                p.id,
+                B::bn_grad_input(x, gamma, grad, stats, affine.clone(), eps),
+            );
         }
     }
 }
@@ -303,55 +313,54 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
+        let stats = stats.into_primitive();
         match BatchNormTrainBackward
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (x, gamma, beta) = (
-                    x.into_primitive(),
-                    gamma.into_primitive(),
+                let (x, gamma) = (x.into_primitive(), gamma.into_primitive());
+                let y = B::bn_train(
+                    x.clone(),
+                    gamma.clone(),
                     beta.into_primitive(),
+                    stats.clone(),
+                    epsilon,
                 );
-                let y = B::bn_train(x.clone(), gamma.clone(), beta, epsilon);
-                prep.finish((x, gamma, epsilon), y)
+                prep.finish((x, gamma, stats, epsilon), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::bn_train(
                 x.into_primitive(),
                 gamma.into_primitive(),
                 beta.into_primitive(),
+                stats,
                 epsilon,
             )),
         }
     }
 
-    fn bn_grad_input(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        epsilon: f64,
+    fn bn_grad_affine(
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: f64,
     ) -> FloatTensor<Self> {
-        <Self as AutodiffBackend>::from_inner(B::bn_grad_input(
-            x.into_primitive(),
-            gamma.into_primitive(),
-            grad.into_primitive(),
-            epsilon,
-        ))
+        unreachable!("the gradients are taken by the inner backend")
     }
 
-    fn bn_grad_affine(
-        x: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        epsilon: f64,
+    fn bn_grad_input(
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: f64,
     ) -> FloatTensor<Self> {
-        <Self as AutodiffBackend>::from_inner(B::bn_grad_affine(
-            x.into_primitive(),
-            grad.into_primitive(),
-            epsilon,
-        ))
+        unreachable!("the gradients are taken by the inner backend")
     }
 }
 
@@ -359,7 +368,7 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
 mod tests {
     use super::*;
     use burn::nn::BatchNormConfig;
-    use burn::tensor::{Device, Distribution};
+    use burn::tensor::{Device, Distribution, TensorData};
 
     /// Output, input / gamma / beta gradients and the running statistics after two training
     /// steps equal Burn's own training-mode batch norm, and inference is untouched.

@@ -20,6 +20,7 @@ mod conv2d;
 pub mod conv2d_cpu;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod extension;
+mod flex_f32;
 pub mod heap;
 mod kernels;
 mod pixel_nll;

@@ -14,11 +14,12 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{Flex, FlexTensor};
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, TensorMetadata, backend_extension};
-use burn::tensor::{DType, FloatDType, Tensor, TensorData};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
+
+use super::flex_f32::{contiguous_f32, from_f32, values};
 
 /// Pixels per parallel task.
 const BLOCK: usize = 1024;
@@ -63,19 +64,6 @@ pub trait PixelNllBackend: Backend {
     ) -> FloatTensor<Self>;
 }
 
-fn contiguous_f32(x: FlexTensor) -> FlexTensor {
-    let x = if x.dtype() == DType::F32 {
-        x
-    } else {
-        <Flex as FloatTensorOps<Flex>>::float_cast(x, FloatDType::F32)
-    };
-    if x.is_contiguous() {
-        x
-    } else {
-        x.to_contiguous()
-    }
-}
-
 /// Per pixel of one block: log Σ exp over the channels (`x` `[C, P]` of one image, pixels
 /// `start..start + n`).
 fn block_lse(x: &[f32], c: usize, p: usize, start: usize, n: usize) -> Vec<f32> {
@@ -109,7 +97,7 @@ impl PixelNllBackend for Flex {
         let dims = logits.shape().to_vec();
         let (b, c, p) = (dims[0], dims[1], dims[2] * dims[3]);
         let x = contiguous_f32(logits);
-        let x = x.as_slice::<f32>().expect("contiguous float32");
+        let x = values(&x);
         let total: f64 = blocks(b, p)
             .into_par_iter()
             .map(|(i, s, n)| {
@@ -128,12 +116,7 @@ impl PixelNllBackend for Flex {
                     .sum()
             })
             .sum();
-        let out = FlexTensor::from_data(TensorData::new(vec![total as f32], [1]));
-        if dtype == DType::F32 {
-            out
-        } else {
-            <Flex as FloatTensorOps<Flex>>::float_cast(out, dtype.into())
-        }
+        from_f32(vec![total as f32], vec![1], dtype)
     }
 
     fn pixel_nll_grad(
@@ -144,10 +127,9 @@ impl PixelNllBackend for Flex {
         let dtype = logits.dtype();
         let dims = logits.shape().to_vec();
         let (b, c, p) = (dims[0], dims[1], dims[2] * dims[3]);
-        let g = contiguous_f32(grad);
-        let g = g.as_slice::<f32>().expect("contiguous float32")[0];
+        let g = values(&contiguous_f32(grad))[0];
         let x = contiguous_f32(logits);
-        let x = x.as_slice::<f32>().expect("contiguous float32");
+        let x = values(&x);
         // Each block's gradient, then scattered into the `[B, C, H, W]` layout per image.
         let parts: Vec<Vec<f32>> = blocks(b, p)
             .into_par_iter()
@@ -180,12 +162,7 @@ impl PixelNllBackend for Flex {
                 out[at..at + n].copy_from_slice(&d[ch * n..(ch + 1) * n]);
             }
         }
-        let out = FlexTensor::from_data(TensorData::new(out, dims));
-        if dtype == DType::F32 {
-            out
-        } else {
-            <Flex as FloatTensorOps<Flex>>::float_cast(out, dtype.into())
-        }
+        from_f32(out, dims, dtype)
     }
 }
 
@@ -236,7 +213,7 @@ impl<B: PixelNllBackend, C: CheckpointStrategy> PixelNllBackend for Autodiff<B, 
 mod tests {
     use super::*;
     use burn::tensor::activation::log_softmax;
-    use burn::tensor::{Device, Distribution, Int};
+    use burn::tensor::{Device, Distribution, Int, TensorData};
 
     /// The sum and its gradient equal `−Σ log_softmax(x)[t]` over the labelled pixels written
     /// with Burn's operations, with images whose pixel count is not a multiple of the block.

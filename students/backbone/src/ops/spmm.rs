@@ -21,11 +21,12 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{Flex, FlexTensor};
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, TensorMetadata, backend_extension};
-use burn::tensor::{DType, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use rayon::prelude::*;
+
+use super::flex_f32::{contiguous_f32, from_f32, values};
 
 /// A sparse `[rows, cols]` matrix in compressed sparse row form, with `f32` values.
 #[derive(Clone, Debug, PartialEq)]
@@ -251,24 +252,9 @@ pub trait SpmmBackend: Backend {
 impl SpmmBackend for Flex {
     fn sparse_matmul(a: Arc<SparseMatrix>, x: FlexTensor) -> FlexTensor {
         let dtype = x.dtype();
-        let x = if dtype == DType::F32 {
-            x
-        } else {
-            <Flex as FloatTensorOps<Flex>>::float_cast(x, FloatDType::F32)
-        };
-        let x = if x.is_contiguous() {
-            x
-        } else {
-            x.to_contiguous()
-        };
+        let x = contiguous_f32(x);
         let c = x.shape()[1];
-        let y = flex_kernel(&a, x.as_slice::<f32>().expect("contiguous float32"), c);
-        let y = FlexTensor::from_data(TensorData::new(y, [a.rows, c]));
-        if dtype == DType::F32 {
-            y
-        } else {
-            <Flex as FloatTensorOps<Flex>>::float_cast(y, dtype.into())
-        }
+        from_f32(flex_kernel(&a, values(&x), c), vec![a.rows, c], dtype)
     }
 }
 
