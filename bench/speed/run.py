@@ -65,16 +65,24 @@ ROWS = [
                                      "--dtype", "fp16"], 1024, "crops/s", False, "gpu"),
 ]
 
-# Issue 8's targets: ratio to PyTorch on the same device (none for the detector, segmenter or
-# teacher on burn-flex).
+# Issue 8's targets: ratio to PyTorch on the same device, keyed by (device kind, row name) where
+# the issue names sizes (on the GPU: the small net at 512 px, the detector at 512 and 800 px),
+# else by (device kind, workload). None for the detector, segmenter or teacher on burn-flex.
 TARGETS = {
     ("cpu", "smallnet"): 0.5,
     ("tch-cpu", "smallnet"): 1.0,
-    ("tch-cuda", "smallnet"): 0.9,
     ("tch-cpu", "detector"): 0.8,
-    ("tch-cuda", "detector"): 0.8,
+    ("tch-cuda", "smallnet_512px_bs32"): 0.9,
+    ("tch-cuda", "detector_r50fpn_512px_bs8"): 0.8,
+    ("tch-cuda", "detector_r50fpn_800px_bs8"): 0.8,
     ("tch-cuda", "teacher"): 1.0,
 }
+
+
+def target(device, row, workload):
+    """The issue's target ratio for this row on this device, if it sets one."""
+    k = kind(device)
+    return TARGETS.get((k, row), TARGETS.get((k, workload)))
 
 
 def kind(device):
@@ -186,7 +194,7 @@ def main():
                 "reference": round(ref_v, 2),
                 "ratio": round(ours_v / ref_v, 3),
                 # The *_burnconv / *_burnadamw rows are "before" measurements: no target.
-                "target": TARGETS.get((kind(args.device), workload[0])) if targeted else None,
+                "target": target(args.device, name, workload[0]) if targeted else None,
                 "ours_ms": ours_ms,
                 "reference_ms": ref_ms,
             })

@@ -180,25 +180,50 @@ impl Teacher {
     }
 
     /// Normalised image embeddings of preprocessed crops [N, 3, S, S] (host, channel-major),
-    /// in batches of `max_batch`: [N, D].
+    /// in batches of `max_batch`: [N, D]: each batch uploaded, then encoded as by
+    /// [`Self::embed_pixel_tensor`].
     pub fn embed_pixels(&self, crops: &[f32], n: usize) -> Tensor<2> {
         let s = self.preprocess.size;
         let per = 3 * s * s;
-        let mut parts = Vec::new();
-        for start in (0..n).step_by(self.max_batch.max(1)) {
-            let end = (start + self.max_batch.max(1)).min(n);
-            let data = crops[start * per..end * per].to_vec();
-            let x =
-                Tensor::<4>::from_data(TensorData::new(data, [end - start, 3, s, s]), &self.device);
-            // Normalised in float32: in half precision the norm itself is rounded (by up to
-            // 2^-9 in bfloat16), which would leave the vectors off unit length.
-            let x = self.precision.cast_in(x);
-            parts.push(l2_normalize(to_f32(self.model.image_features(x))));
-        }
+        let parts: Vec<Tensor<2>> = (0..n)
+            .step_by(self.max_batch.max(1))
+            .map(|start| {
+                let end = (start + self.max_batch.max(1)).min(n);
+                let data = TensorData::new(
+                    crops[start * per..end * per].to_vec(),
+                    [end - start, 3, s, s],
+                );
+                self.embed_batch(Tensor::from_data(data, &self.device))
+            })
+            .collect();
         if parts.is_empty() {
             return Tensor::zeros([0, self.dim()], &self.device);
         }
         Tensor::cat(parts, 0)
+    }
+
+    /// Normalised image embeddings of preprocessed crops already on the teacher's device
+    /// [N, 3, S, S] (float32), in batches of `max_batch`: [N, D]. The tower alone, as
+    /// transformers' `get_image_features` on a device tensor.
+    pub fn embed_pixel_tensor(&self, crops: Tensor<4>) -> Tensor<2> {
+        let n = crops.dims()[0];
+        if n == 0 {
+            return Tensor::zeros([0, self.dim()], &self.device);
+        }
+        let step = self.max_batch.max(1);
+        let parts: Vec<Tensor<2>> = (0..n)
+            .step_by(step)
+            .map(|start| self.embed_batch(crops.clone().narrow(0, start, step.min(n - start))))
+            .collect();
+        Tensor::cat(parts, 0)
+    }
+
+    /// One batch [b, 3, S, S] → [b, D], normalised.
+    fn embed_batch(&self, x: Tensor<4>) -> Tensor<2> {
+        // Normalised in float32: in half precision the norm itself is rounded (by up to
+        // 2^-9 in bfloat16), which would leave the vectors off unit length.
+        let x = self.precision.cast_in(x);
+        l2_normalize(to_f32(self.model.image_features(x)))
     }
 
     /// The two crops (1x and 1.5x about the centre, clipped) of each box, preprocessed: host

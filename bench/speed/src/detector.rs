@@ -13,7 +13,7 @@ use ovkd_backbone::norm::NormKind;
 use ovkd_detector::{Boxes, DetectorConfig, ImageBatch, Targets};
 use rand::SeedableRng;
 
-use crate::synth::{unit, unit_rows};
+use crate::synth::{ms, unit, unit_rows};
 use crate::{PhaseTimes, Schedule, time_training};
 
 /// Options of the `detector` workload.
@@ -41,6 +41,12 @@ pub struct Args {
     /// torchvision builds with `weights=None`) or `frozen`.
     #[arg(long, default_value = "preset")]
     norm: String,
+    /// Before the timed steps, time the forward's stages one by one, each closed by a sync
+    /// (features, RPN with its host-side proposals, RoI sampling on the host, RoIAlign and the
+    /// box head) and the backbone's own backward, and print their medians to stderr as
+    /// `stages_ms {...}`: where a step's time goes, on devices no profiler reaches.
+    #[arg(long)]
+    stages: bool,
 }
 
 /// `--boxes` boxes per image `i` of a `size`-pixel square image, in `[x1, y1, x2, y2]`: corner
@@ -89,8 +95,84 @@ pub fn run(args: &Args, device: &Device, schedule: &Schedule) -> Result<PhaseTim
         .collect();
     let text_embeds = unit_rows(args.classes, args.embed_dim, device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    if args.stages {
+        let stages = time_stages(&model, &batch, &targets, schedule, &ad, &mut rng)?;
+        eprintln!("stages_ms {}", serde_json::to_string(&stages)?);
+    }
     time_training(model, schedule, 1e-4, &ad, |model| {
         let out = model.forward_train(&batch, &targets, text_embeds.clone(), None, &mut rng)?;
         Ok(out.losses.total())
     })
+}
+
+/// Median milliseconds of each stage of the detector's forward (see `Args::stages`).
+fn time_stages(
+    model: &ovkd_detector::Detector,
+    batch: &ImageBatch,
+    targets: &[Targets],
+    schedule: &Schedule,
+    ad: &Device,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<std::collections::BTreeMap<&'static str, f64>> {
+    use ovkd_detector::Roi;
+    use std::time::Instant;
+    let names = [
+        "1_features",
+        "2_rpn",
+        "3_sample_rois",
+        "4_roi_align_box_head",
+        "5_features_backward",
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let gt: Vec<Boxes> = targets.iter().map(|t| t.boxes.clone()).collect();
+    for step in 0..schedule.warmup + schedule.steps {
+        let mut t = Instant::now();
+        let mut lap = |i: usize, t: &mut Instant| -> Result<()> {
+            ad.sync()?;
+            if step >= schedule.warmup {
+                samples[i].push(ms(*t));
+            }
+            *t = Instant::now();
+            Ok(())
+        };
+        let features = model.features(batch);
+        lap(0, &mut t)?;
+        let rpn = model
+            .rpn
+            .forward(&features, &batch.sizes, batch.padded_size(), Some(&gt), rng);
+        lap(1, &mut t)?;
+        let picked = model
+            .config
+            .roi_heads
+            .select_training_samples(&rpn.proposals, targets, rng);
+        let rois: Vec<Roi> = picked
+            .iter()
+            .enumerate()
+            .flat_map(|(b, s)| {
+                s.boxes
+                    .as_slice()
+                    .iter()
+                    .map(move |&bbox| Roi { batch: b, bbox })
+            })
+            .collect();
+        lap(2, &mut t)?;
+        let out = model.embed_regions(&features, &rois);
+        lap(3, &mut t)?;
+        drop(out);
+        let total = features
+            .into_iter()
+            .map(|f| f.tensor.sum())
+            .reduce(|a, b| a + b)
+            .expect("at least one feature map");
+        let _grads = total.backward();
+        lap(4, &mut t)?;
+    }
+    Ok(names
+        .into_iter()
+        .zip(samples)
+        .map(|(n, mut v)| {
+            v.sort_by(f64::total_cmp);
+            (n, v.get(v.len() / 2).copied().unwrap_or(f64::NAN))
+        })
+        .collect())
 }

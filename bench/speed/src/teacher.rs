@@ -5,14 +5,16 @@
 //!
 //! The crops are ViLD's: the 1x and 1.5x views of random boxes on a noise image, cropped and
 //! preprocessed by the teacher's own code. One step encodes all of them in batches of
-//! `--batch`; `--end-to-end` times `region_embeds` instead (cropping, preprocessing, encoding
-//! and pairing from the image and boxes), which has no reference counterpart.
+//! `--batch` from a tensor already on the device, as the reference does; `--from-host` times
+//! `embed_pixels` instead (each batch uploaded from host memory first), and `--end-to-end`
+//! `region_embeds` (cropping, preprocessing, uploading, encoding and pairing from the image and
+//! boxes); neither has a reference counterpart.
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor, TensorData};
 use ovkd_teacher::clip::{ClipConfig, ClipModel};
 use ovkd_teacher::embed::Teacher;
 use ovkd_teacher::precision::Precision;
@@ -40,8 +42,12 @@ pub struct Args {
     #[arg(long)]
     dump_weights: Option<std::path::PathBuf>,
     /// Time the whole `region_embeds` (image and boxes in) instead of the model alone.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from_host")]
     end_to_end: bool,
+    /// Time `embed_pixels` (crops in host memory, uploaded batch by batch) instead of the model
+    /// on crops already on the device.
+    #[arg(long)]
+    from_host: bool,
     /// The image tower's precision: fp32, bf16 or fp16 (`reference.py teacher --dtype`).
     /// Below fp32 the output also carries `min_cosine_vs_f32`, the lowest cosine between a
     /// crop's embedding and the float32 model's (issue 8 asks > 0.999).
@@ -92,7 +98,15 @@ pub fn run(
     if let Some(path) = &args.dump {
         dump(path, &px, n, teacher.preprocess.size)?;
     }
-    let reference = (args.dtype != Precision::F32).then(|| teacher.embed_pixels(&px, n));
+    let on_device = Tensor::<4>::from_data(
+        TensorData::new(
+            px.clone(),
+            [n, 3, teacher.preprocess.size, teacher.preprocess.size],
+        ),
+        device,
+    );
+    let reference =
+        (args.dtype != Precision::F32).then(|| teacher.embed_pixel_tensor(on_device.clone()));
     let teacher = teacher.with_precision(args.dtype);
     let mut times = PhaseTimes::default();
     let mut last = None;
@@ -100,8 +114,10 @@ pub fn run(
         let t0 = Instant::now();
         let emb = if args.end_to_end {
             teacher.region_embeds(&img, &boxes)?
-        } else {
+        } else if args.from_host {
             teacher.embed_pixels(&px, n)
+        } else {
+            teacher.embed_pixel_tensor(on_device.clone())
         };
         // Reading the result back is the synchronisation point.
         let data = emb.into_data();

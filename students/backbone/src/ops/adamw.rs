@@ -6,7 +6,8 @@
 //! net on `tch-cpu` (128², batch 8) the optimiser step took 14-17 ms where PyTorch's
 //! `torch.optim.AdamW` took 9-11 ms (BENCHMARKS, Speed, session 9). PyTorch's CPU AdamW is the
 //! single-tensor loop: `mul_`, `lerp_`, `addcmul_`, `sqrt`, `add_`, `addcdiv_`, in place. With the
-//! `tch` feature [`AdamW`] runs that same sequence on LibTorch devices; everywhere else it is
+//! `tch` feature [`AdamW`] runs PyTorch's fused AdamW kernel (`fused=True`, one pass per
+//! parameter, called through `libtorch_shim.cpp`) on LibTorch devices; everywhere else it is
 //! Burn's `AdamW` with the same settings.
 //!
 //! The state is Burn's [`AdamWState`], so optimiser records written by either implementation
@@ -149,25 +150,19 @@ mod libtorch {
             let _no_grad = tch::no_grad_guard();
             let (mut p, mut m, mut v) =
                 (exclusive(param), exclusive(moment_1), exclusive(moment_2));
-            let g = &grad.tensor;
-            // `torch.optim.adamw._single_tensor_adamw`, step for step. tch binds `addcmul_` and
-            // `addcdiv_` without their `value` scalar, so the two scaled forms are rewritten:
-            // `v.mul_(b2).addcmul_(g, g, 1 - b2)` as `v.lerp_(g², 1 - b2)`, and the step size is
-            // folded into the denominator.
-            if s.weight_decay != 0.0 {
-                let _ = p.tensor.g_mul_scalar_(1.0 - s.lr * s.weight_decay);
-            }
-            let _ = m.tensor.lerp_(g, 1.0 - s.beta_1);
-            let _ = v.tensor.lerp_(&g.square(), 1.0 - s.beta_2);
-            let bias_1 = 1.0 - s.beta_1.powi(s.time);
-            let bias_2 = 1.0 - s.beta_2.powi(s.time);
-            let step_size = s.lr / bias_1;
-            // p -= step_size * m / (sqrt(v) / sqrt(bias_2) + eps)
-            //    = p + m / (sqrt(v) * (-1 / (step_size * sqrt(bias_2))) - eps / step_size)
-            let mut denom = v.tensor.sqrt();
-            let _ = denom.g_mul_scalar_(-1.0 / (step_size * bias_2.sqrt()));
-            let _ = denom.g_add_scalar_(-s.epsilon / step_size);
-            let _ = p.tensor.addcdiv_(&m.tensor, &denom);
+            // `torch.optim.AdamW(..., fused=True)`'s kernel: one pass over the four tensors,
+            // where the single-tensor form is eight kernels (BENCHMARKS, Speed, session 12).
+            crate::ops::libtorch::fused_adamw_(
+                &mut p.tensor,
+                &grad.tensor,
+                &mut m.tensor,
+                &mut v.tensor,
+                f64::from(s.time),
+                s.lr,
+                (s.beta_1, s.beta_2),
+                s.weight_decay,
+                s.epsilon,
+            );
             (p, m, v)
         }
     }
@@ -302,5 +297,18 @@ mod tests {
     #[test]
     fn agrees_with_burns_adamw_on_libtorch() {
         agrees_with_burns_adamw(Device::libtorch());
+    }
+
+    /// PyTorch's fused kernel on CUDA, where LibTorch sees a GPU.
+    #[cfg(feature = "tch")]
+    #[allow(deprecated)] // burn-tch's CUDA device
+    #[test]
+    fn matches_pytorch_and_burn_on_libtorch_cuda() {
+        if !tch::Cuda::is_available() {
+            eprintln!("no CUDA device: the fused AdamW on CUDA is not checked here");
+            return;
+        }
+        first_step_matches_pytorch(Device::libtorch_cuda(0));
+        agrees_with_burns_adamw(Device::libtorch_cuda(0));
     }
 }

@@ -1,11 +1,19 @@
-//! Training-mode batch norm with channel-parallel kernels on burn-flex.
+//! Training-mode batch norm with its own kernels on burn-flex and LibTorch.
 //!
 //! Burn's generic `batch_norm_train` and its backward swap the batch and channel axes (a copy),
 //! then reduce each channel's row on one thread. In a profile of the segmenter's training step
 //! on burn-flex, half the wall time ran on the main thread alone, and batch norm was the largest
 //! part of it (6.6 s of 45 s over 250 steps; BENCHMARKS, Speed, session 11). [`batch_norm`]
 //! computes the same statistics, output and gradients one channel (or one `[B, C]` plane) per
-//! task. Other backends, and inference, use Burn's own [`BatchNorm::forward`].
+//! task.
+//!
+//! On LibTorch Burn's generic form is about thirty element-wise kernels per layer, forward and
+//! backward, each a pass over the activation; on the GPU the ResNet-50-FPN detector's step took
+//! twice torchvision's (BENCHMARKS, Speed, session 12). With the `tch` feature the same four
+//! kernels are LibTorch's: the statistics by `var_mean`, the output by inference-mode
+//! `batch_norm` on them, and on CUDA the gradients by the two kernels PyTorch's
+//! `SyncBatchNorm` backward runs (`batch_norm_backward_reduce` / `_elemt`), a fused pass each.
+//! Other backends, and inference, use Burn's own [`BatchNorm::forward`].
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -21,11 +29,11 @@ use rayon::prelude::*;
 use super::flex_f32::{contiguous_f32, from_f32, values};
 
 /// `bn.forward(x)` for `x` `[B, C, H, W]`: in training (an autodiff device and `bn` not
-/// frozen) on burn-flex, the channel-parallel kernels, with the running statistics updated
+/// frozen) on burn-flex or LibTorch, this module's kernels, with the running statistics updated
 /// exactly as Burn does (momentum, biased variance); otherwise Burn's own forward.
 pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let device = x.device();
-    if !(super::is_flex(&device) && device.is_autodiff() && bn.training.is_enabled()) {
+    if !(has_kernels(&device) && device.is_autodiff() && bn.training.is_enabled()) {
         return bn.forward(x);
     }
     let [_, c, _, _] = x.dims();
@@ -60,10 +68,20 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     out
 }
 
+/// Whether `device`'s backend implements [`BatchNormBackend`]: burn-flex, and LibTorch with the
+/// `tch` feature.
+fn has_kernels(device: &burn::tensor::Device) -> bool {
+    #[cfg(feature = "tch")]
+    if super::libtorch::is_libtorch(device) {
+        return true;
+    }
+    super::is_flex(device)
+}
+
 /// Training-mode batch norm routed to the tensor's backend. `stats` `[2, C]` are `x`'s own
 /// (from [`Self::bn_stats`]), computed once per layer and step: they get no gradient of their
 /// own, the input gradient accounts for them.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, LibTorch: cfg(feature = "tch"), Autodiff)]
 pub trait BatchNormBackend: Backend {
     /// `x` `[B, C, ...]` → `[2, C]`: each channel's mean and biased variance.
     fn bn_stats(x: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -364,6 +382,127 @@ impl<B: BatchNormBackend, C: CheckpointStrategy> BatchNormBackend for Autodiff<B
     }
 }
 
+#[cfg(feature = "tch")]
+mod libtorch {
+    use burn::backend::LibTorch;
+    use burn::backend::libtorch::TchTensor;
+    use tch::{Kind, Tensor as T};
+
+    use super::BatchNormBackend;
+
+    /// The axes a channel's statistics run over: all but 1.
+    fn axes(x: &T) -> Vec<i64> {
+        std::iter::once(0).chain(2..x.dim() as i64).collect()
+    }
+
+    /// A `[C]` tensor shaped `[1, C, 1, ...]` to broadcast against `x`.
+    fn per_channel(v: &T, x: &T) -> T {
+        let mut shape = vec![1i64; x.dim()];
+        shape[1] = -1;
+        v.reshape(shape)
+    }
+
+    /// `(mean, 1 / sqrt(var + eps))`, each `[C]`, from `[2, C]` statistics.
+    fn mean_invstd(stats: &T, eps: f64) -> (T, T) {
+        (stats.get(0), (stats.get(1) + eps).rsqrt())
+    }
+
+    /// Elements per channel.
+    fn count(x: &T) -> i64 {
+        let size = x.size();
+        size.iter().product::<i64>() / size[1].max(1)
+    }
+
+    impl BatchNormBackend for LibTorch {
+        fn bn_stats(x: TchTensor) -> TchTensor {
+            let (var, mean) = x
+                .tensor
+                .var_mean_dim(axes(&x.tensor).as_slice(), false, false);
+            TchTensor::new(T::stack(&[mean, var], 0))
+        }
+
+        fn bn_train(
+            x: TchTensor,
+            gamma: TchTensor,
+            beta: TchTensor,
+            stats: TchTensor,
+            epsilon: f64,
+        ) -> TchTensor {
+            // Inference-mode batch norm with the batch's own statistics as the running ones:
+            // one element-wise pass (cuDNN's on CUDA).
+            let (mean, var) = (stats.tensor.get(0), stats.tensor.get(1));
+            TchTensor::new(x.tensor.batch_norm(
+                Some(&gamma.tensor),
+                Some(&beta.tensor),
+                Some(&mean),
+                Some(&var),
+                false,
+                0.0,
+                epsilon,
+                true,
+            ))
+        }
+
+        fn bn_grad_affine(
+            x: TchTensor,
+            grad: TchTensor,
+            stats: TchTensor,
+            epsilon: f64,
+        ) -> TchTensor {
+            let (x, g) = (x.tensor.contiguous(), grad.tensor.contiguous());
+            let (mean, invstd) = mean_invstd(&stats.tensor, epsilon);
+            // Σ g and Σ g · (x − mean), per channel.
+            let (sum_g, sum_gxmu) = if x.device().is_cuda() {
+                let (sum_g, sum_gxmu, _, _) = x
+                    .batch_norm_backward_reduce(&g, &mean, &invstd, None::<&T>, true, false, false);
+                (sum_g, sum_gxmu)
+            } else {
+                let axes = axes(&x);
+                let sum_g = g.sum_dim_intlist(axes.as_slice(), false, None::<Kind>);
+                let xmu = &x - per_channel(&mean, &x);
+                let sum_gxmu = (&g * xmu).sum_dim_intlist(axes.as_slice(), false, None::<Kind>);
+                (sum_g, sum_gxmu)
+            };
+            TchTensor::new(T::stack(&[sum_gxmu * invstd, sum_g], 0))
+        }
+
+        fn bn_grad_input(
+            x: TchTensor,
+            gamma: TchTensor,
+            grad: TchTensor,
+            stats: TchTensor,
+            affine: TchTensor,
+            epsilon: f64,
+        ) -> TchTensor {
+            let (x, g) = (x.tensor.contiguous(), grad.tensor.contiguous());
+            let (mean, invstd) = mean_invstd(&stats.tensor, epsilon);
+            let (sum_gxhat, sum_g) = (affine.tensor.get(0), affine.tensor.get(1));
+            let n = count(&x);
+            if x.device().is_cuda() {
+                // The kernel takes Σ g · (x − mean) and the element count of each replica.
+                let sum_gxmu = sum_gxhat / &invstd;
+                let counts = T::full([1], n, (Kind::Int, x.device()));
+                return TchTensor::new(x.batch_norm_backward_elemt(
+                    &g,
+                    &mean,
+                    &invstd,
+                    Some(&gamma.tensor),
+                    &sum_g,
+                    &sum_gxmu,
+                    &counts,
+                ));
+            }
+            // dx = γ/σ · (g − mean(g) − x̂ · mean(g · x̂)) = a · g + k · x + d per channel.
+            let n = n.max(1) as f64;
+            let a = &gamma.tensor * &invstd;
+            let k = -(&a * &invstd * sum_gxhat / n);
+            let d = -(&a * sum_g / n) - &k * &mean;
+            let dx = &g * per_channel(&a, &x) + &x * per_channel(&k, &x);
+            TchTensor::new(dx + per_channel(&d, &x))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,10 +510,8 @@ mod tests {
     use burn::tensor::{Device, Distribution, TensorData};
 
     /// Output, input / gamma / beta gradients and the running statistics after two training
-    /// steps equal Burn's own training-mode batch norm, and inference is untouched.
-    #[test]
-    fn matches_burns_batch_norm_in_training() {
-        let device = Device::default().autodiff();
+    /// steps on `device` (an autodiff one) equal Burn's own training-mode batch norm.
+    fn check_training(device: Device) {
         let mut a = BatchNormConfig::new(3).init(&device);
         a.gamma = burn::module::Param::from_tensor(Tensor::from_data(
             TensorData::new(vec![1.5f32, -0.7, 0.3], [3]),
@@ -417,11 +554,34 @@ mod tests {
             s.into_data()
                 .assert_approx_eq::<f32>(&t.into_data(), burn::tensor::Tolerance::absolute(1e-5));
         }
+    }
+
+    #[test]
+    fn matches_burns_batch_norm_in_training() {
+        check_training(Device::flex().autodiff());
         // Inference (a plain device) goes through Burn's forward with the running statistics.
-        let plain = BatchNormConfig::new(3).init(&Device::default());
-        let x = Tensor::<4>::random([2, 3, 4, 4], Distribution::Default, &Device::default());
+        let plain = BatchNormConfig::new(3).init(&Device::flex());
+        let x = Tensor::<4>::random([2, 3, 4, 4], Distribution::Default, &Device::flex());
         batch_norm(&plain, x.clone())
             .into_data()
             .assert_eq(&plain.forward(x).into_data(), true);
+    }
+
+    #[cfg(feature = "tch")]
+    #[test]
+    fn matches_burns_batch_norm_in_training_on_libtorch() {
+        check_training(Device::libtorch().autodiff());
+    }
+
+    /// The CUDA kernels (`batch_norm_backward_reduce` / `_elemt`) where LibTorch sees a GPU.
+    #[cfg(feature = "tch")]
+    #[allow(deprecated)] // burn-tch's CUDA device
+    #[test]
+    fn matches_burns_batch_norm_in_training_on_libtorch_cuda() {
+        if !tch::Cuda::is_available() {
+            eprintln!("no CUDA device: the LibTorch CUDA batch norm is not checked here");
+            return;
+        }
+        check_training(Device::libtorch_cuda(0).autodiff());
     }
 }

@@ -15,6 +15,7 @@
 
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod adamw;
+#[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod batch_norm;
 mod conv2d;
 pub mod conv2d_cpu;

@@ -1,0 +1,70 @@
+// LibTorch operations that tch 0.22 does not bind, called from `libtorch.rs` and `adamw.rs`
+// (feature `tch`; compiled by the crate's build.rs against the LibTorch torch-sys links).
+//
+// Tensors cross the boundary as tch's handles (`at::Tensor*`). Every function returns 0, or 1
+// with the exception's message copied into `err`.
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cstring>
+#include <exception>
+#include <vector>
+
+namespace {
+
+void set_error(char *err, size_t len, const char *what) {
+  if (err == nullptr || len == 0) return;
+  std::strncpy(err, what, len - 1);
+  err[len - 1] = '\0';
+}
+
+}  // namespace
+
+extern "C" {
+
+// `at::convolution_backward` of a non-transposed 2-D convolution, as PyTorch's autograd calls
+// it: `bias_len` < 0 when there is no bias. `out[i]` receives a new tensor where `mask[i]`, and
+// is left untouched otherwise (input, weight, bias).
+int ovkd_conv2d_backward(const at::Tensor *grad, const at::Tensor *input,
+                         const at::Tensor *weight, int64_t bias_len, const int64_t *stride,
+                         const int64_t *padding, const int64_t *dilation, int64_t groups,
+                         const int *mask, at::Tensor **out, char *err, size_t err_len) {
+  try {
+    std::vector<int64_t> bias_sizes{bias_len};
+    at::OptionalIntArrayRef bias = std::nullopt;
+    if (bias_len >= 0) bias = at::IntArrayRef(bias_sizes);
+    std::array<bool, 3> m{mask[0] != 0, mask[1] != 0, mask[2] != 0};
+    const std::vector<int64_t> output_padding{0, 0};
+    auto r = at::convolution_backward(*grad, *input, *weight, bias, at::IntArrayRef(stride, 2),
+                                      at::IntArrayRef(padding, 2), at::IntArrayRef(dilation, 2),
+                                      false, output_padding, groups, m);
+    if (m[0]) out[0] = new at::Tensor(std::get<0>(r));
+    if (m[1]) out[1] = new at::Tensor(std::get<1>(r));
+    if (m[2]) out[2] = new at::Tensor(std::get<2>(r));
+    return 0;
+  } catch (const std::exception &e) {
+    set_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
+// One AdamW step of one parameter, in place, by PyTorch's fused kernel (`torch.optim.AdamW(...,
+// fused=True)`): `step` is the 1-based step count, as PyTorch's own step tensor holds it when
+// the kernel runs.
+int ovkd_fused_adamw_(at::Tensor *param, const at::Tensor *grad, at::Tensor *exp_avg,
+                      at::Tensor *exp_avg_sq, double step, double lr, double beta1, double beta2,
+                      double weight_decay, double eps, char *err, size_t err_len) {
+  try {
+    std::vector<at::Tensor> params{*param}, grads{*grad}, m{*exp_avg}, v{*exp_avg_sq};
+    std::vector<at::Tensor> steps{at::full({}, step, param->options().dtype(at::kFloat))};
+    at::_fused_adamw_(params, grads, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
+    return 0;
+  } catch (const std::exception &e) {
+    set_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
+}  // extern "C"
