@@ -44,29 +44,55 @@ pub fn sort_by_score_desc(scores: &[f32], mut indices: Vec<usize>) -> Vec<usize>
     indices
 }
 
+/// `indices` (ascending) ordered as [`sort_by_score_desc`] orders them, truncated to the first
+/// `k`: a selection, then a sort of the `k` alone (the RPN keeps 2,000 of 49,152 anchors a
+/// level at 512 px).
+pub fn top_by_score_desc(scores: &[f32], mut indices: Vec<usize>, k: usize) -> Vec<usize> {
+    // Ties by index: on ascending indices the same order as the stable sort's input order,
+    // and a total order, so the unstable selection and sort give that order exactly.
+    let cmp = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < indices.len() {
+        indices.select_nth_unstable_by(k - 1, cmp);
+        indices.truncate(k);
+    }
+    indices.sort_unstable_by(cmp);
+    indices
+}
+
 fn nms_ordered(boxes: &[[f32; 4]], order: &[usize], iou_threshold: f32) -> Vec<usize> {
-    let mut suppressed = vec![false; order.len()];
+    let n = order.len();
+    // The boxes in visiting order as separate coordinate arrays, so that suppressing the
+    // remaining candidates is a branch-free loop the compiler vectorises. The arithmetic is
+    // the scalar form's, term for term, so the kept set is the same.
+    let column = |k: usize| -> Vec<f32> { order.iter().map(|&i| boxes[i][k]).collect() };
+    let (x1, y1, x2, y2) = (column(0), column(1), column(2), column(3));
+    let area: Vec<f32> = order.iter().map(|&i| box_area(&boxes[i])).collect();
+    let mut suppressed = vec![false; n];
     let mut keep = Vec::new();
-    for oi in 0..order.len() {
+    for oi in 0..n {
         if suppressed[oi] {
             continue;
         }
-        let i = order[oi];
-        keep.push(i);
-        let bi = &boxes[i];
-        let area_i = box_area(bi);
-        for oj in oi + 1..order.len() {
-            if suppressed[oj] {
-                continue;
-            }
-            let bj = &boxes[order[oj]];
-            let w = (bi[2].min(bj[2]) - bi[0].max(bj[0])).max(0.0);
-            let h = (bi[3].min(bj[3]) - bi[1].max(bj[1])).max(0.0);
+        keep.push(order[oi]);
+        let (bx1, by1, bx2, by2, ba) = (x1[oi], y1[oi], x2[oi], y2[oi], area[oi]);
+        let rest = oi + 1..n;
+        let s = &mut suppressed[rest.clone()];
+        let (ax1, ay1, ax2, ay2, aa) = (
+            &x1[rest.clone()],
+            &y1[rest.clone()],
+            &x2[rest.clone()],
+            &y2[rest.clone()],
+            &area[rest],
+        );
+        for j in 0..s.len() {
+            let w = (bx2.min(ax2[j]) - bx1.max(ax1[j])).max(0.0);
+            let h = (by2.min(ay2[j]) - by1.max(ay1[j])).max(0.0);
             let inter = w * h;
-            let ovr = inter / (area_i + box_area(bj) - inter);
-            if ovr > iou_threshold {
-                suppressed[oj] = true;
-            }
+            let ovr = inter / (ba + aa[j] - inter);
+            s[j] |= ovr > iou_threshold;
         }
     }
     keep
@@ -108,5 +134,17 @@ mod tests {
         ];
         let keep = batched_nms(&boxes, &[0.6, 0.9, 0.8], &[0, 1, 1], 0.5);
         assert_eq!(keep, vec![1, 0]);
+    }
+
+    /// The selection keeps the stable sort's order, ties included, for every `k`.
+    #[test]
+    fn top_k_is_the_stable_sort_truncated() {
+        let scores = [0.3, 0.9, 0.3, 0.1, 0.9, 0.5, 0.3, 0.0, 0.9, 0.2];
+        let all = sort_by_score_desc(&scores, (0..scores.len()).collect());
+        assert_eq!(&all[..4], &[1, 4, 8, 5]);
+        for k in 0..=scores.len() + 2 {
+            let top = top_by_score_desc(&scores, (0..scores.len()).collect(), k);
+            assert_eq!(top, all[..k.min(scores.len())], "k = {k}");
+        }
     }
 }

@@ -21,7 +21,7 @@ use crate::box_coder::BoxCoder;
 use crate::boxes::{Boxes, clip_box, iou_matrix, is_large_enough};
 use crate::losses::{BoxLoss, bce_with_logits_mean};
 use crate::matcher::{Match, Matcher};
-use crate::nms::{batched_nms, sort_by_score_desc};
+use crate::nms::{batched_nms, top_by_score_desc};
 use crate::sampler::{BalancedSampler, Role};
 use rayon::prelude::*;
 
@@ -281,16 +281,24 @@ impl Rpn {
         let mut labels = Vec::new();
         let mut pos_idx = Vec::new();
         let mut targets = Vec::new();
-        for (b, gt) in gt_boxes.iter().enumerate() {
-            let matches = matcher.assign(&iou_matrix(gt.as_slice(), anchors.as_slice()), total);
-            let roles: Vec<Role> = matches
-                .iter()
-                .map(|m| match m {
-                    Match::Gt(_) => Role::Positive,
-                    Match::Background => Role::Negative,
-                    Match::Ignore => Role::Ignore,
-                })
-                .collect();
+        // Matching is deterministic, so images run in parallel; sampling draws from `rng` in
+        // image order, as before.
+        let matched: Vec<(Vec<Match>, Vec<Role>)> = gt_boxes
+            .par_iter()
+            .map(|gt| {
+                let matches = matcher.assign(&iou_matrix(gt.as_slice(), anchors.as_slice()), total);
+                let roles = matches
+                    .iter()
+                    .map(|m| match m {
+                        Match::Gt(_) => Role::Positive,
+                        Match::Background => Role::Negative,
+                        Match::Ignore => Role::Ignore,
+                    })
+                    .collect();
+                (matches, roles)
+            })
+            .collect();
+        for (b, (gt, (matches, roles))) in gt_boxes.iter().zip(matched).enumerate() {
             let s = sampler.sample(&roles, rng);
             for &i in &s.positive {
                 let Match::Gt(g) = matches[i] else {
@@ -365,8 +373,7 @@ fn filter_proposals(
     let mut levels = Vec::new();
     let mut start = 0;
     for (level, &n) in level_sizes.iter().enumerate() {
-        let order = sort_by_score_desc(logits, (start..start + n).collect());
-        for &i in order.iter().take(pre_n) {
+        for i in top_by_score_desc(logits, (start..start + n).collect(), pre_n) {
             let d = [
                 deltas[4 * i],
                 deltas[4 * i + 1],
