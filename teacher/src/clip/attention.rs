@@ -2,8 +2,9 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::Tensor;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 
 use super::layers::{load_linear, save_linear};
 use crate::error::TeacherError;
@@ -70,9 +71,7 @@ impl ClipAttention {
         let q = split(self.q_proj.forward(x.clone().slice([0..b, 0..1])), 1); // [B, H, 1, hd]
         let k = split(self.k_proj.forward(x.clone()), l);
         let v = split(self.v_proj.forward(x), l);
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale); // [B, H, 1, L]
-        let out = softmax(scores, 3)
-            .matmul(v)
+        let out = attention(q, k, v, None, None, options(scale, false)) // [B, H, 1, hd]
             .swap_dims(1, 2)
             .reshape([b, 1, w]);
         self.out_proj.forward(out)
@@ -88,22 +87,24 @@ impl ClipAttention {
         let q = split(self.q_proj.forward(x.clone()));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
-        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale); // [B, H, L, L]
-        if causal {
-            let mask = causal_mask(l, &scores.device());
-            scores = scores.mask_fill(
-                mask.unsqueeze::<4>().expand([b, h, l, l]),
-                f32::NEG_INFINITY,
-            );
-        }
-        let attn = softmax(scores, 3);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, l, w]);
+        let out = attention(q, k, v, None, None, options(scale, causal)) // [B, H, L, hd]
+            .swap_dims(1, 2)
+            .reshape([b, l, w]);
         self.out_proj.forward(out)
     }
 }
 
-/// [L, L] mask, true above the diagonal (positions a token may not see).
-pub(crate) fn causal_mask(l: usize, device: &burn::tensor::Device) -> Tensor<2, Bool> {
-    let data: Vec<bool> = (0..l * l).map(|i| (i % l) > (i / l)).collect();
-    Tensor::<2, Bool>::from_data(burn::tensor::TensorData::new(data, [l, l]), device)
+/// `softmax(q kᵀ · scale) v`, causal or not, as Burn's attention operation: the backend's
+/// fused kernel where it has one and the tensors need no gradient (LibTorch's
+/// `scaled_dot_product_attention`, burn-flex's own), else Burn's composition of matmuls and a
+/// softmax. On the H200 the unfused form left the bfloat16 tower at 0.65× transformers, which
+/// runs SDPA (BENCHMARKS, Speed, session 12). Causal masking is the option, not a mask
+/// tensor: burn-tch hands bool masks to SDPA, which reads `true` as "attend", the opposite of
+/// Burn's convention.
+fn options(scale: f64, causal: bool) -> AttentionModuleOptions {
+    AttentionModuleOptions {
+        scale: Some(scale),
+        softcap: None,
+        is_causal: causal,
+    }
 }
