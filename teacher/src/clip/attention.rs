@@ -1,10 +1,12 @@
 //! CLIP's multi-head self-attention, with transformers' parameter names and no dropout.
 
+use burn::backend::DispatchDevice;
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::Tensor;
+use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Tensor};
 
 use super::layers::{load_linear, save_linear};
 use crate::error::TeacherError;
@@ -71,7 +73,7 @@ impl ClipAttention {
         let q = split(self.q_proj.forward(x.clone().slice([0..b, 0..1])), 1); // [B, H, 1, hd]
         let k = split(self.k_proj.forward(x.clone()), l);
         let v = split(self.v_proj.forward(x), l);
-        let out = attention(q, k, v, None, None, options(scale, false)) // [B, H, 1, hd]
+        let out = core(q, k, v, scale, false) // [B, H, 1, hd]
             .swap_dims(1, 2)
             .reshape([b, 1, w]);
         self.out_proj.forward(out)
@@ -87,24 +89,53 @@ impl ClipAttention {
         let q = split(self.q_proj.forward(x.clone()));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
-        let out = attention(q, k, v, None, None, options(scale, causal)) // [B, H, L, hd]
+        let out = core(q, k, v, scale, causal) // [B, H, L, hd]
             .swap_dims(1, 2)
             .reshape([b, l, w]);
         self.out_proj.forward(out)
     }
 }
 
-/// `softmax(q kᵀ · scale) v`, causal or not, as Burn's attention operation: the backend's
-/// fused kernel where it has one and the tensors need no gradient (LibTorch's
-/// `scaled_dot_product_attention`, burn-flex's own), else Burn's composition of matmuls and a
-/// softmax. On the H200 the unfused form left the bfloat16 tower at 0.65× transformers, which
-/// runs SDPA (BENCHMARKS, Speed, session 12). Causal masking is the option, not a mask
-/// tensor: burn-tch hands bool masks to SDPA, which reads `true` as "attend", the opposite of
-/// Burn's convention.
-fn options(scale: f64, causal: bool) -> AttentionModuleOptions {
-    AttentionModuleOptions {
-        scale: Some(scale),
-        softcap: None,
-        is_causal: causal,
+/// `softmax(q kᵀ · scale) v` for `q` [B, H, Lq, hd] and `k`, `v` [B, H, L, hd] → [B, H, Lq, hd];
+/// `causal` masks future positions.
+///
+/// Inference off burn-flex (LibTorch) runs Burn's attention operation, there LibTorch's fused
+/// `scaled_dot_product_attention`: on the H200 the composed form left the bfloat16 tower at
+/// 0.65× transformers, which runs SDPA (BENCHMARKS, Speed, session 12). On burn-flex, and under
+/// autodiff (the built-in teacher's pre-training), it is the composition of matmuls and a
+/// softmax it always was, so CPU results stay bit for bit those the targets were measured with
+/// (the operation's burn-flex kernel and Burn's autodiff fallback round differently). Causal
+/// masking goes in as the option, not a mask tensor: burn-tch hands bool masks to SDPA, which
+/// reads `true` as "attend", the opposite of Burn's convention.
+fn core(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, causal: bool) -> Tensor<4> {
+    let device = q.device();
+    let flex = matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Flex(_)
+    );
+    if !flex && !device.is_autodiff() {
+        let options = AttentionModuleOptions {
+            scale: Some(scale),
+            softcap: None,
+            is_causal: causal,
+        };
+        return attention(q, k, v, None, None, options);
     }
+    let [b, h, lq, _] = q.dims();
+    let l = k.dims()[2];
+    let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale); // [B, H, Lq, L]
+    if causal {
+        let mask = causal_mask(l, &device);
+        scores = scores.mask_fill(
+            mask.unsqueeze::<4>().expand([b, h, lq, l]),
+            f32::NEG_INFINITY,
+        );
+    }
+    softmax(scores, 3).matmul(v)
+}
+
+/// [L, L] mask, true above the diagonal (positions a token may not see).
+fn causal_mask(l: usize, device: &burn::tensor::Device) -> Tensor<2, Bool> {
+    let data: Vec<bool> = (0..l * l).map(|i| (i % l) > (i / l)).collect();
+    Tensor::<2, Bool>::from_data(burn::tensor::TensorData::new(data, [l, l]), device)
 }
