@@ -8,7 +8,8 @@
 //! the backward runs LibTorch's autograd engine on it with the root `<y, dy>`, whose gradient
 //! with respect to `y` is `dy` (`run_backward` seeds roots with ones). That root costs a dot
 //! product over the output and a scaled copy of `dy` per convolution, which the direct call
-//! does not (BENCHMARKS, Speed, session 12).
+//! does not (BENCHMARKS, Speed, session 12). The shim's other function, PyTorch's fused AdamW
+//! step, is wrapped here too ([`fused_adamw_`], for `adamw.rs`).
 
 use std::sync::{Arc, Mutex};
 
