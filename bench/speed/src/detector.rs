@@ -114,7 +114,7 @@ fn time_stages(
     ad: &Device,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> Result<std::collections::BTreeMap<&'static str, f64>> {
-    use ovkd_detector::Roi;
+    use ovkd_detector::roi_align::rois_from_boxes;
     use std::time::Instant;
     let names = [
         "1_features",
@@ -145,16 +145,8 @@ fn time_stages(
             .config
             .roi_heads
             .select_training_samples(&rpn.proposals, targets, rng);
-        let rois: Vec<Roi> = picked
-            .iter()
-            .enumerate()
-            .flat_map(|(b, s)| {
-                s.boxes
-                    .as_slice()
-                    .iter()
-                    .map(move |&bbox| Roi { batch: b, bbox })
-            })
-            .collect();
+        let per_image: Vec<&[[f32; 4]]> = picked.iter().map(|s| s.boxes.as_slice()).collect();
+        let rois = rois_from_boxes(&per_image);
         lap(2, &mut t)?;
         let out = model.embed_regions(&features, &rois);
         lap(3, &mut t)?;

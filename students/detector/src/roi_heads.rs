@@ -115,14 +115,7 @@ impl RoiHeadsConfig {
                 let mut all = props.0.clone();
                 all.extend_from_slice(t.boxes.as_slice());
                 let matches = matcher.assign(&iou_matrix(t.boxes.as_slice(), &all), all.len());
-                let roles: Vec<Role> = matches
-                    .iter()
-                    .map(|m| match m {
-                        Match::Gt(_) => Role::Positive,
-                        Match::Background => Role::Negative,
-                        Match::Ignore => Role::Ignore,
-                    })
-                    .collect();
+                let roles: Vec<Role> = matches.iter().map(Role::from).collect();
                 let s = sampler.sample(&roles, rng);
                 let mut out = RoiSample::default();
                 for &i in s.positive.iter().chain(&s.negative) {

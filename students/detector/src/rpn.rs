@@ -287,14 +287,7 @@ impl Rpn {
             .par_iter()
             .map(|gt| {
                 let matches = matcher.assign(&iou_matrix(gt.as_slice(), anchors.as_slice()), total);
-                let roles = matches
-                    .iter()
-                    .map(|m| match m {
-                        Match::Gt(_) => Role::Positive,
-                        Match::Background => Role::Negative,
-                        Match::Ignore => Role::Ignore,
-                    })
-                    .collect();
+                let roles = matches.iter().map(Role::from).collect();
                 (matches, roles)
             })
             .collect();

@@ -4,6 +4,8 @@
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::matcher::Match;
+
 /// The training role of an anchor or proposal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -13,6 +15,18 @@ pub enum Role {
     Negative,
     /// Neither (between the matcher's thresholds).
     Ignore,
+}
+
+impl From<&Match> for Role {
+    /// A matched box is foreground, one below the low threshold background, one between the
+    /// thresholds neither.
+    fn from(m: &Match) -> Self {
+        match m {
+            Match::Gt(_) => Role::Positive,
+            Match::Background => Role::Negative,
+            Match::Ignore => Role::Ignore,
+        }
+    }
 }
 
 /// Draws at most `batch_size_per_image` examples per image, at most `positive_fraction` of

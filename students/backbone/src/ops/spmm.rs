@@ -84,7 +84,10 @@ impl SparseMatrix {
     /// batch 8: 32-45 ms on one core; BENCHMARKS, Speed, session 12).
     pub fn transpose(&self) -> SparseMatrix {
         let (rows, cols, nnz) = (self.rows, self.cols, self.nnz());
-        let blocks = row_blocks(&self.offsets, rayon::current_num_threads().max(1));
+        // Each block zeroes, scans and keeps a count per column: worth it only when a block
+        // holds at least as many entries as there are columns.
+        let wanted = rayon::current_num_threads().min(nnz / cols.max(1)).max(1);
+        let blocks = row_blocks(&self.offsets, wanted);
         // slots[b][j]: entries of block b in column j, then the next free slot of block b in
         // column j of the output.
         let mut slots: Vec<Vec<i64>> = blocks
