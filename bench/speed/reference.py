@@ -225,6 +225,7 @@ def teacher(args, device):
     times = {"forward": [], "backward": [], "optim": [], "total": []}
     with torch.inference_mode():
         for step in range(args.warmup + args.steps):
+            PROFILE.before_step(step, args.warmup)
             t0 = time.perf_counter()
             for i in range(0, px.shape[0], args.batch):
                 f = model.get_image_features(pixel_values=px[i:i + args.batch])
@@ -235,12 +236,40 @@ def teacher(args, device):
             if step >= args.warmup:
                 for k, v in (("forward", dt), ("backward", 0.0), ("optim", 0.0), ("total", dt)):
                     times[k].append(v)
+    PROFILE.finish()
     return times
+
+
+class Profile:
+    """`--profile PATH`: torch.profiler over the timed steps, its Chrome trace written to PATH
+    (the format ovkd-speed's `--profile` writes; `bench/speed/trace_summary.py` reads both)."""
+
+    def __init__(self):
+        self.path, self.prof = "", None
+
+    def before_step(self, step, warmup):
+        if self.path and step == warmup:
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=acts, record_shapes=True)
+            self.prof.start()
+
+    def finish(self):
+        if self.prof is not None:
+            self.prof.stop()
+            self.prof.export_chrome_trace(self.path)
+            print(f"reference: profile written to {self.path}", file=sys.stderr)
+            self.prof = None
+
+
+PROFILE = Profile()
 
 
 def train_steps(args, device, loss_fn, opt):
     times = {"forward": [], "backward": [], "optim": [], "total": []}
     for step in range(args.warmup + args.steps):
+        PROFILE.before_step(step, args.warmup)
         t0 = time.perf_counter()
         loss = loss_fn()
         sync(device)
@@ -257,6 +286,7 @@ def train_steps(args, device, loss_fn, opt):
             times["backward"].append((t2 - t1) * 1e3)
             times["optim"].append((t3 - t2) * 1e3)
             times["total"].append((t3 - t0) * 1e3)
+    PROFILE.finish()
     return times
 
 
@@ -266,6 +296,8 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--profile", default="", help="write torch.profiler's Chrome trace of the "
+                   "timed steps here (the times then include its overhead)")
     sub = p.add_subparsers(dest="workload", required=True)
     s = sub.add_parser("smallnet")
     s.add_argument("--image", type=int, default=128)
@@ -293,6 +325,7 @@ def main():
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    PROFILE.path = args.profile
     times = {"smallnet": smallnet, "detector": detector, "segmenter": segmenter,
              "teacher": teacher}[args.workload](args, device)
     print(f"reference: torch {torch.__version__} on {device}, {torch.get_num_threads()} threads",

@@ -33,6 +33,12 @@ struct Cli {
     /// in place on LibTorch) or `burn` (`burn::optim::AdamW`), both at PyTorch's defaults.
     #[arg(long, value_enum, default_value_t = AdamWImpl::Ovkd)]
     adamw: AdamWImpl,
+    /// Record the timed steps with PyTorch's profiler (LibTorch devices, `--features tch`) and
+    /// write its Chrome trace here: every operator and CUDA kernel, for reading beside
+    /// `bench/speed/reference.py --profile`'s. The printed times then include the profiler's
+    /// overhead.
+    #[arg(long)]
+    profile: Option<std::path::PathBuf>,
     #[command(subcommand)]
     workload: Workload,
 }
@@ -58,17 +64,22 @@ fn main() -> Result<()> {
     let (name, device) = device::parse(&cli.device)?;
     eprintln!("ovkd-speed: device {name}");
     let mut extra = serde_json::Map::new();
+    if cli.profile.is_some() && !cfg!(feature = "tch") {
+        anyhow::bail!("--profile needs a LibTorch device (ovkd-speed built with --features tch)");
+    }
     let schedule = Schedule {
         adamw: cli.adamw,
         warmup: cli.warmup,
         steps: cli.steps,
+        profile: cli.profile.clone(),
+        cuda: name.starts_with("tch-cuda"),
     };
     let times = match cli.workload {
         Workload::Smallnet(args) => smallnet::run(&args, &device, &schedule)?,
         Workload::Detector(args) => detector::run(&args, &device, &schedule)?,
         Workload::Segmenter(args) => segmenter::run(&args, &device, &schedule)?,
         Workload::Teacher(args) => {
-            let (times, min_cosine) = teacher::run(&args, &device, cli.warmup, cli.steps)?;
+            let (times, min_cosine) = teacher::run(&args, &device, &schedule)?;
             if let Some(c) = min_cosine {
                 extra.insert("min_cosine_vs_f32".into(), c.into());
             }
@@ -85,8 +96,8 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// How a training workload is timed.
-#[derive(Clone, Copy, Debug)]
+/// How a workload is timed.
+#[derive(Clone, Debug)]
 pub struct Schedule {
     /// The optimiser.
     pub adamw: AdamWImpl,
@@ -94,6 +105,32 @@ pub struct Schedule {
     pub warmup: usize,
     /// Timed steps.
     pub steps: usize,
+    /// Where to write the profiler's trace of the timed steps, if anywhere.
+    pub profile: Option<std::path::PathBuf>,
+    /// Whether the device is a CUDA one (the profiler records its kernels).
+    pub cuda: bool,
+}
+
+impl Schedule {
+    /// Called before each step: starts the profiler before the first timed one.
+    pub fn before_step(&self, step: usize) -> Result<()> {
+        #[cfg(feature = "tch")]
+        if step == self.warmup && self.profile.is_some() {
+            ovkd_backbone::ops::profiler::start(self.cuda)?;
+        }
+        let _ = step;
+        Ok(())
+    }
+
+    /// Called after the last step: writes the profiler's trace.
+    pub fn finish(&self) -> Result<()> {
+        #[cfg(feature = "tch")]
+        if let Some(path) = &self.profile {
+            ovkd_backbone::ops::profiler::stop(path)?;
+            eprintln!("ovkd-speed: profile written to {}", path.display());
+        }
+        Ok(())
+    }
 }
 
 /// The AdamW implementation a training workload steps with.
@@ -153,14 +190,11 @@ pub fn time_training<M: burn::module::Module>(
     mut loss_of: impl FnMut(&M) -> Result<burn::tensor::Tensor<1>>,
 ) -> Result<PhaseTimes> {
     use std::time::Instant;
-    let Schedule {
-        adamw,
-        warmup,
-        steps,
-    } = *schedule;
-    let mut optim = adamw.init();
+    let (warmup, steps) = (schedule.warmup, schedule.steps);
+    let mut optim = schedule.adamw.init();
     let mut times = PhaseTimes::default();
     for step in 0..warmup + steps {
+        schedule.before_step(step)?;
         let t0 = Instant::now();
         let loss = loss_of(&model)?;
         ad.sync()?;
@@ -181,5 +215,6 @@ pub fn time_training<M: burn::module::Module>(
             synth::ms(t0),
         );
     }
+    schedule.finish()?;
     Ok(times)
 }

@@ -22,8 +22,8 @@ use ovkd_teacher::tokenizer::{ClipTokenizer, build_word_level};
 use ovkd_teacher::weights::{HostTensor, WeightMap};
 use rand::{Rng, SeedableRng};
 
-use crate::PhaseTimes;
 use crate::synth::ms;
+use crate::{PhaseTimes, Schedule};
 
 /// Options of the `teacher` workload.
 #[derive(clap::Args, Debug)]
@@ -57,12 +57,8 @@ pub struct Args {
 
 /// Runs `warmup + steps` passes over all crops; returns the timed ones (all in `forward`) and,
 /// below fp32, the lowest cosine to the float32 model's embeddings.
-pub fn run(
-    args: &Args,
-    device: &Device,
-    warmup: usize,
-    steps: usize,
-) -> Result<(PhaseTimes, Option<f32>)> {
+pub fn run(args: &Args, device: &Device, schedule: &Schedule) -> Result<(PhaseTimes, Option<f32>)> {
+    let (warmup, steps) = (schedule.warmup, schedule.steps);
     // transformers' CLIPConfig defaults are ViT-B/32.
     let cfg: ClipConfig = serde_json::from_str("{}")?;
     device.seed(0);
@@ -107,6 +103,7 @@ pub fn run(
     let mut times = PhaseTimes::default();
     let mut last = None;
     for step in 0..warmup + steps {
+        schedule.before_step(step)?;
         let t0 = Instant::now();
         let emb = match &on_device {
             Some(crops) => teacher.embed_pixel_tensor(crops.clone()),
@@ -119,6 +116,7 @@ pub fn run(
         times.push(step >= warmup, t, 0.0, 0.0, t);
         last = Some(data);
     }
+    schedule.finish()?;
     let min_cosine = match (reference, last) {
         (Some(want), Some(got)) if !args.end_to_end => {
             let want = want.into_data().try_to_vec::<f32>()?;

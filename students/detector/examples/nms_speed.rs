@@ -6,23 +6,12 @@
 //! cargo run --release -p ovkd-detector --example nms_speed
 //! ```
 
-use std::time::Instant;
-
 use ovkd_detector::nms::{nms, sort_by_score_desc, top_by_score_desc};
 use rand::{Rng, SeedableRng};
 
-/// Median of `runs` timings of `f`, in milliseconds.
-fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[runs / 2]
-}
+#[path = "support/median.rs"]
+mod median;
+use median::median_ms;
 
 fn main() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);

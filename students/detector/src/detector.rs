@@ -400,10 +400,12 @@ impl Detector {
         let rpn = self
             .rpn
             .forward(&features, &batch.sizes, batch.padded_size(), Some(&gt), rng);
+        let sampling = ovkd_backbone::ops::profiler::range("ovkd::roi_heads::sample");
         let samples = self
             .config
             .roi_heads
             .select_training_samples(&rpn.proposals, targets, rng);
+        drop(sampling);
 
         let mut rois: Vec<Roi> = Vec::new();
         for (b, s) in samples.iter().enumerate() {

@@ -222,10 +222,13 @@ fn roi_taps(
             .collect::<Vec<_>>()
     };
 
+    // A bin's columns of samples depend on its column alone: computed once per RoI.
+    let xs_of: Vec<_> = (0..out[1])
+        .map(|pw| axis(start_w, bin_w, grid_w, pw, geom.w))
+        .collect();
     for ph in 0..out[0] {
         let ys = axis(start_h, bin_h, grid_h, ph, geom.h);
-        for pw in 0..out[1] {
-            let xs = axis(start_w, bin_w, grid_w, pw, geom.w);
+        for xs in &xs_of {
             for y in ys.iter().flatten() {
                 for x in xs.iter().flatten() {
                     let (yl, yh, hy, ly) = *y;
@@ -318,7 +321,8 @@ impl MultiScaleRoiAlign {
     pub fn forward(&self, features: &[FeatureMap], rois: &[Roi]) -> Tensor<4> {
         assert!(!rois.is_empty(), "MultiScaleRoiAlign: no RoIs");
         assert!(!features.is_empty(), "MultiScaleRoiAlign: no feature maps");
-        let plan = self.plan(features, rois);
+        // The device's layout change first: on an asynchronous device it runs while the host
+        // builds the plan.
         let flat = Tensor::cat(
             features
                 .iter()
@@ -326,6 +330,9 @@ impl MultiScaleRoiAlign {
                 .collect(),
             0,
         );
+        let planning = ovkd_backbone::ops::profiler::range("ovkd::roi_align::plan");
+        let plan = self.plan(features, rois);
+        drop(planning);
         plan.apply(flat, rois.len(), self.config.output_size)
     }
 

@@ -11,8 +11,8 @@ use burn::module::Module;
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ovkd_backbone::FeatureMap;
-use ovkd_backbone::ops::relu;
 use ovkd_backbone::ops::{Conv2d, Conv2dConfig};
+use ovkd_backbone::ops::{profiler, relu};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -220,10 +220,12 @@ impl Rpn {
         rng: &mut R,
     ) -> RpnOutput {
         let preds = self.head.forward(features);
+        let anchoring = profiler::range("ovkd::rpn::anchors");
         let anchors = self
             .config
             .anchors
             .grid_anchors(&preds.grid_sizes, padded_size);
+        drop(anchoring);
         let level_sizes: Vec<usize> = preds
             .grid_sizes
             .iter()
@@ -231,14 +233,17 @@ impl Rpn {
             .map(|(g, a)| g[0] * g[1] * a)
             .collect();
         let training = gt_boxes.is_some();
+        let read_back = profiler::range("ovkd::rpn::read_back");
         let objectness = to_vec(preds.objectness.clone().detach());
         let deltas = to_vec(preds.deltas.clone().detach());
+        drop(read_back);
         let total = anchors.len();
         let coder = BoxCoder::new([1.0; 4]);
 
         // Images in parallel: each one's decoding and NMS is host work the device waits for
         // (54 ms of one core a step for R50-FPN at 512 px, batch 8: BENCHMARKS, Speed, session 10).
         let config = &self.config;
+        let selecting = profiler::range("ovkd::rpn::proposals");
         let (proposals, scores): (Vec<Boxes>, Vec<Vec<f32>>) = image_sizes
             .par_iter()
             .enumerate()
@@ -255,7 +260,11 @@ impl Rpn {
                 )
             })
             .unzip();
-        let losses = gt_boxes.map(|gt| self.losses(&preds, &anchors, gt, &coder, rng));
+        drop(selecting);
+        let losses = gt_boxes.map(|gt| {
+            let _range = profiler::range("ovkd::rpn::losses");
+            self.losses(&preds, &anchors, gt, &coder, rng)
+        });
         RpnOutput {
             proposals,
             scores,

@@ -7,6 +7,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor};
+use ovkd_backbone::ops::linear;
 
 use super::layers::{load_linear, save_linear};
 use crate::error::TeacherError;
@@ -70,13 +71,13 @@ impl ClipAttention {
         let hd = w / h;
         let scale = (hd as f64).powf(-0.5);
         let split = |t: Tensor<3>, n: usize| t.reshape([b, n, h, hd]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone().slice([0..b, 0..1])), 1); // [B, H, 1, hd]
-        let k = split(self.k_proj.forward(x.clone()), l);
-        let v = split(self.v_proj.forward(x), l);
+        let q = split(linear(&self.q_proj, x.clone().slice([0..b, 0..1])), 1); // [B, H, 1, hd]
+        let k = split(linear(&self.k_proj, x.clone()), l);
+        let v = split(linear(&self.v_proj, x), l);
         let out = core(q, k, v, scale, false) // [B, H, 1, hd]
             .swap_dims(1, 2)
             .reshape([b, 1, w]);
-        self.out_proj.forward(out)
+        linear(&self.out_proj, out)
     }
 
     /// Self-attention over [B, L, W] → [B, L, W]; `causal` masks future positions (text tower).
@@ -86,13 +87,13 @@ impl ClipAttention {
         let hd = w / h;
         let scale = (hd as f64).powf(-0.5);
         let split = |t: Tensor<3>| t.reshape([b, l, h, hd]).swap_dims(1, 2); // [B, H, L, hd]
-        let q = split(self.q_proj.forward(x.clone()));
-        let k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
+        let q = split(linear(&self.q_proj, x.clone()));
+        let k = split(linear(&self.k_proj, x.clone()));
+        let v = split(linear(&self.v_proj, x));
         let out = core(q, k, v, scale, causal) // [B, H, L, hd]
             .swap_dims(1, 2)
             .reshape([b, l, w]);
-        self.out_proj.forward(out)
+        linear(&self.out_proj, out)
     }
 }
 

@@ -4,6 +4,7 @@
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
+use ovkd_backbone::ops::linear;
 
 use super::attention::ClipAttention;
 use super::config::Activation;
@@ -118,7 +119,7 @@ pub struct ClipMlp {
 impl ClipMlp {
     /// [.., W] → [.., W].
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.fc2.forward(activate(self.fc1.forward(x), self.act))
+        linear(&self.fc2, activate(linear(&self.fc1, x), self.act))
     }
 }
 

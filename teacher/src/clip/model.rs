@@ -6,6 +6,7 @@ use std::path::Path;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
+use ovkd_backbone::ops::linear;
 
 use super::config::ClipConfig;
 use super::layers::{load_linear, save_linear, to_host};
@@ -198,8 +199,8 @@ impl ClipModel {
         let device = pixels.device();
         let v = self.vision_model.forward(pixels);
         let t = self.text_model.forward_ids(ids, b_txt, l, &device);
-        let image_features = self.visual_projection.forward(v.pooled.clone());
-        let text_features = self.text_projection.forward(t.pooled.clone());
+        let image_features = linear(&self.visual_projection, v.pooled.clone());
+        let text_features = linear(&self.text_projection, t.pooled.clone());
         let image_embeds = l2_normalize(image_features.clone());
         let text_embeds = l2_normalize(text_features.clone());
         let scale = self.logit_scale.val().exp().unsqueeze::<2>();

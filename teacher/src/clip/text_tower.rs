@@ -7,6 +7,7 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
+use ovkd_backbone::ops::linear;
 
 use super::config::ClipConfig;
 use super::layers::{load_linear, save_linear};
@@ -44,7 +45,10 @@ pub fn text_features(
     l: usize,
     device: &Device,
 ) -> Tensor<2> {
-    text_projection.forward(text_model.forward_ids(ids, b, l, device).pooled)
+    linear(
+        text_projection,
+        text_model.forward_ids(ids, b, l, device).pooled,
+    )
 }
 
 impl TextTower {

@@ -6,6 +6,7 @@ use burn::nn::LayerNorm;
 use burn::tensor::module::{conv2d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
+use ovkd_backbone::ops::linear;
 
 use super::config::VisionConfig;
 use super::layers::{
@@ -238,9 +239,9 @@ impl VisionTransformer {
         let last = &self.layers[n_layers - 1];
         let y = last.layer_norm1.forward(x.clone());
         let attn = &last.self_attn;
-        let v = attn.out_proj.forward(attn.v_proj.forward(y.clone())) + x;
+        let v = linear(&attn.out_proj, linear(&attn.v_proj, y.clone())) + x;
         let v = v.clone() + last.mlp.forward(last.layer_norm2.forward(v));
-        let keys = attn.out_proj.forward(attn.k_proj.forward(y));
+        let keys = linear(&attn.out_proj, linear(&attn.k_proj, y));
         let _ = w;
         DenseTokens {
             values: self.post_layernorm.forward(v),

@@ -230,15 +230,25 @@ mod ffi {
     }
 }
 
-/// Runs a shim function with an error buffer; panics with LibTorch's message on failure (as
-/// tch's own infallible bindings do).
-fn call_shim(what: &str, f: impl FnOnce(*mut std::os::raw::c_char, usize) -> std::os::raw::c_int) {
+/// Runs a shim function with an error buffer; LibTorch's message on failure.
+pub(crate) fn try_shim(
+    f: impl FnOnce(*mut std::os::raw::c_char, usize) -> std::os::raw::c_int,
+) -> Result<(), String> {
     // On the stack: the shim runs for every convolution backward and every parameter's update.
     let mut err = [0 as std::os::raw::c_char; 1024];
     if f(err.as_mut_ptr(), err.len()) != 0 {
         // SAFETY: the shim writes a NUL-terminated message into the buffer on failure.
         let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
-        panic!("LibTorch {what}: {}", msg.to_string_lossy());
+        return Err(msg.to_string_lossy().into_owned());
+    }
+    Ok(())
+}
+
+/// [`try_shim`] for the kernels: panics with LibTorch's message on failure (as tch's own
+/// infallible bindings do).
+fn call_shim(what: &str, f: impl FnOnce(*mut std::os::raw::c_char, usize) -> std::os::raw::c_int) {
+    if let Err(msg) = try_shim(f) {
+        panic!("LibTorch {what}: {msg}");
     }
 }
 

@@ -1,14 +1,19 @@
-// LibTorch operations that tch 0.22 does not bind, called from `libtorch.rs` and `adamw.rs`
-// (feature `tch`; compiled by the crate's build.rs against the LibTorch torch-sys links).
+// LibTorch operations that tch 0.22 does not bind, called from `libtorch.rs`, `adamw.rs` and
+// `profiler.rs` (feature `tch`; compiled by the crate's build.rs against the LibTorch torch-sys
+// links).
 //
 // Tensors cross the boundary as tch's handles (`at::Tensor*`). Every function returns 0, or 1
 // with the exception's message copied into `err`.
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <array>
 #include <cstring>
 #include <exception>
+#include <memory>
+#include <string_view>
 #include <vector>
 
 namespace {
@@ -66,5 +71,53 @@ int ovkd_fused_adamw_(at::Tensor *param, const at::Tensor *grad, at::Tensor *exp
     return 1;
   }
 }
+
+// Starts PyTorch's Kineto profiler (what `torch.profiler.profile` runs) on the calling thread:
+// host operators, and CUDA kernels and copies when `cuda` is non-zero.
+int ovkd_profiler_start(int cuda, char *err, size_t err_len) {
+  try {
+    namespace prof = torch::autograd::profiler;
+    using torch::profiler::impl::ActivityType;
+    using torch::profiler::impl::ProfilerState;
+    prof::ProfilerConfig config(ProfilerState::KINETO, /*report_input_shapes=*/true);
+    std::set<ActivityType> activities{ActivityType::CPU};
+    if (cuda != 0) activities.insert(ActivityType::CUDA);
+    prof::prepareProfiler(config, activities);
+    prof::enableProfiler(config, activities);
+    return 0;
+  } catch (const std::exception &e) {
+    set_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
+// Stops the profiler and writes its Chrome trace (`chrome://tracing`, Perfetto) to `path`.
+int ovkd_profiler_stop(const char *path, char *err, size_t err_len) {
+  try {
+    auto result = torch::autograd::profiler::disableProfiler();
+    if (!result) throw std::runtime_error("the profiler was not running");
+    result->save(path);
+    return 0;
+  } catch (const std::exception &e) {
+    set_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
+// Opens a named range of host time in the running profiler's trace (`record_function`), or
+// returns null when no profiler records this thread. `name` must outlive the range.
+void *ovkd_range_start(const char *name, size_t len) {
+  try {
+    auto range = std::make_unique<at::RecordFunction>(at::RecordScope::USER_SCOPE);
+    if (!range->isActive()) return nullptr;
+    range->before(std::string_view(name, len), c10::ArrayRef<const c10::IValue>{});
+    return range.release();
+  } catch (const std::exception &) {
+    return nullptr;
+  }
+}
+
+// Closes a range `ovkd_range_start` opened.
+void ovkd_range_end(void *range) { delete static_cast<at::RecordFunction *>(range); }
 
 }  // extern "C"

@@ -6,7 +6,10 @@
 //! - [`sparse_matmul`]: a constant [`SparseMatrix`] times a dense tensor (RoIAlign's core).
 //! - [`batch_norm`]: drop-in for `BatchNorm::forward` (channel-parallel training on burn-flex).
 //! - [`pixel_nll_sum`]: a segmenter's per-pixel cross-entropy, fused (burn-flex).
+//! - [`linear`]: drop-in for `Linear::forward` (one `addmm` on LibTorch).
 //! - [`relu`]: drop-in for `burn::tensor::activation::relu` (LibTorch's fused backward).
+//! - [`profiler`]: PyTorch's Kineto profiler, a Chrome trace of LibTorch work (feature `tch`),
+//!   and [`profiler::range`], named ranges of host work in it.
 //! - [`heap::retain_freed_memory`]: keep freed tensor buffers for reuse (call once at start).
 //!
 //! On burn-flex the forward and both gradients run im2col + GEMM kernels
@@ -24,6 +27,8 @@ mod extension;
 mod flex_f32;
 pub mod heap;
 mod kernels;
+#[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
+mod linear;
 mod pixel_nll;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod relu;
@@ -34,12 +39,15 @@ mod spmm;
 #[cfg(feature = "tch")]
 #[allow(deprecated)]
 mod libtorch;
+/// PyTorch's profiler around LibTorch work (feature `tch`) and named ranges of host work.
+pub mod profiler;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use batch_norm::{BatchNormBackend, batch_norm};
 pub use conv2d::{Conv2d, Conv2dConfig};
 pub use extension::{FastConvBackend, conv2d, is_flex, supports};
 pub use kernels::{ConvGrads, ConvKernels, GradMask};
+pub use linear::linear;
 pub use pixel_nll::{PixelLabels, PixelNllBackend, pixel_nll_sum};
 pub use relu::relu;
 pub use spmm::{SparseMatrix, SparseMatrixBuilder, SpmmBackend, sparse_matmul};

@@ -142,29 +142,46 @@ impl SparseMatrix {
         }
     }
 
-    /// The matrices' rows one after another (all must have the same number of columns).
+    /// The matrices' rows one after another (all must have the same number of columns); the
+    /// parts are copied in parallel (RoIAlign's plan stacks 2 M entries a training step).
     ///
     /// # Panics
     /// When a part has not `cols` columns.
     pub fn vstack(parts: Vec<SparseMatrix>, cols: usize) -> SparseMatrix {
+        for p in &parts {
+            assert_eq!(p.cols, cols, "SparseMatrix::vstack: column counts differ");
+        }
         let rows = parts.iter().map(|p| p.rows).sum();
         let nnz = parts.iter().map(SparseMatrix::nnz).sum();
-        let mut out = SparseMatrix {
+        let mut offsets = vec![0i64; rows + 1];
+        let mut indices = vec![0i64; nnz];
+        let mut values = vec![0f32; nnz];
+        // Each part's disjoint slices of the output, and where its entries start.
+        let mut jobs = Vec::with_capacity(parts.len());
+        let (mut o, mut i, mut v) = (&mut offsets[1..], &mut indices[..], &mut values[..]);
+        let mut base = 0i64;
+        for p in &parts {
+            let (o_part, o_rest) = o.split_at_mut(p.rows);
+            let (i_part, i_rest) = i.split_at_mut(p.nnz());
+            let (v_part, v_rest) = v.split_at_mut(p.nnz());
+            jobs.push((p, base, o_part, i_part, v_part));
+            (o, i, v) = (o_rest, i_rest, v_rest);
+            base += p.nnz() as i64;
+        }
+        jobs.into_par_iter().for_each(|(p, base, o, i, v)| {
+            for (dst, src) in o.iter_mut().zip(&p.offsets[1..]) {
+                *dst = src + base;
+            }
+            i.copy_from_slice(&p.indices);
+            v.copy_from_slice(&p.values);
+        });
+        SparseMatrix {
             rows,
             cols,
-            offsets: Vec::with_capacity(rows + 1),
-            indices: Vec::with_capacity(nnz),
-            values: Vec::with_capacity(nnz),
-        };
-        out.offsets.push(0);
-        for p in parts {
-            assert_eq!(p.cols, cols, "SparseMatrix::vstack: column counts differ");
-            let base = out.indices.len() as i64;
-            out.offsets.extend(p.offsets[1..].iter().map(|o| o + base));
-            out.indices.extend_from_slice(&p.indices);
-            out.values.extend_from_slice(&p.values);
+            offsets,
+            indices,
+            values,
         }
-        out
     }
 
     /// The dense `[rows, cols]` matrix, row-major (for tests and small inspections).
@@ -324,6 +341,8 @@ fn generic(a: &SparseMatrix, x: Tensor<2>) -> Tensor<2> {
 pub trait SpmmBackend: Backend {
     /// `a` `[R, P]` · `x` `[P, C]` → `[R, C]`.
     fn sparse_matmul(a: Arc<SparseMatrix>, x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `aᵀ` `[P, R]` · `g` `[R, C]` → `[P, C]`: the product's backward (not differentiable).
+    fn sparse_matmul_transposed(a: Arc<SparseMatrix>, g: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 impl SpmmBackend for Flex {
@@ -332,6 +351,10 @@ impl SpmmBackend for Flex {
         let x = contiguous_f32(x);
         let c = x.shape()[1];
         from_f32(flex_kernel(&a, values(&x), c), vec![a.rows, c], dtype)
+    }
+
+    fn sparse_matmul_transposed(a: Arc<SparseMatrix>, g: FlexTensor) -> FlexTensor {
+        Self::sparse_matmul(Arc::new(a.transpose()), g)
     }
 }
 
@@ -360,24 +383,116 @@ impl SpmmBackend for burn::backend::LibTorch {
         a: Arc<SparseMatrix>,
         x: burn::backend::libtorch::TchTensor,
     ) -> burn::backend::libtorch::TchTensor {
-        let x = x.tensor;
-        let device = x.device();
-        let to = |v: &[i64]| tch::Tensor::from_slice(v).to_device(device);
-        let w = tch::Tensor::from_slice(&a.values)
-            .to_device(device)
-            .to_kind(x.kind());
+        let device = x.tensor.device();
+        let uploading = super::profiler::range("ovkd::sparse_matmul::upload");
+        let (indices, offsets) = (
+            libtorch::upload(&a.indices, device),
+            libtorch::upload(&a.offsets, device),
+        );
+        let w = libtorch::upload(&a.values, device);
+        drop(uploading);
+        burn::backend::libtorch::TchTensor::new(libtorch::embedding_bag_sum(
+            &x.tensor, &indices, &offsets, &w,
+        ))
+    }
+
+    /// On CUDA the transpose is made on the device from the uploaded matrix (a stable sort of
+    /// the entries by column, as [`SparseMatrix::transpose`] orders them): the host transpose of
+    /// RoIAlign's 2 M entries, and the device's wait for it, left the H200 idle 5-8 ms a step
+    /// (BENCHMARKS, Speed, session 13). On the CPU, LibTorch's sort is slower than the host's
+    /// counting sort, so the host transposes.
+    fn sparse_matmul_transposed(
+        a: Arc<SparseMatrix>,
+        g: burn::backend::libtorch::TchTensor,
+    ) -> burn::backend::libtorch::TchTensor {
+        if g.tensor.device() == tch::Device::Cpu {
+            return Self::sparse_matmul(Arc::new(a.transpose()), g);
+        }
+        burn::backend::libtorch::TchTensor::new(libtorch::transposed_product(&a, &g.tensor))
+    }
+}
+
+/// The LibTorch kernels of the product: `embedding_bag` in sum mode with per-sample weights,
+/// which reads the CSR arrays as they are and never materialises the `[nnz, C]` rows.
+#[cfg(feature = "tch")]
+mod libtorch {
+    use super::SparseMatrix;
+
+    /// `v` on `device`. Off the CPU the copy reads `v` where it is (a LibTorch view of the
+    /// slice, copied synchronously), instead of first copying it into a LibTorch CPU tensor: on
+    /// the H200 the 26 MB of RoIAlign's plan took 8 ms a step to upload that way (BENCHMARKS,
+    /// Speed, session 13).
+    pub fn upload<T: tch::kind::Element>(v: &[T], device: tch::Device) -> tch::Tensor {
+        if device == tch::Device::Cpu || v.is_empty() {
+            return tch::Tensor::from_slice(v).to_device(device);
+        }
+        // SAFETY: the view covers exactly `v`'s elements, contiguous, of `T`'s kind; the
+        // blocking copy to the device has finished reading them when `to_device` returns, and
+        // the view is dropped before `v` can be.
+        let view = unsafe {
+            tch::Tensor::from_blob(
+                v.as_ptr().cast(),
+                &[v.len() as i64],
+                &[1],
+                T::KIND,
+                tch::Device::Cpu,
+            )
+        };
+        view.to_device(device)
+    }
+
+    /// `[R, C]`: row `r` of the result is `Σ values[e] · x[indices[e]]` over the entries `e` in
+    /// `offsets[r]..offsets[r + 1]`; all on `x`'s device.
+    pub fn embedding_bag_sum(
+        x: &tch::Tensor,
+        indices: &tch::Tensor,
+        offsets: &tch::Tensor,
+        values: &tch::Tensor,
+    ) -> tch::Tensor {
         // mode 0 = sum; `include_last_offset` takes the `rows + 1` CSR offsets as they are.
         let (y, _, _, _) = tch::Tensor::embedding_bag(
-            &x,
-            &to(&a.indices),
-            &to(&a.offsets),
+            x,
+            indices,
+            offsets,
             false,
             0,
             false,
-            Some(&w),
+            Some(&values.to_kind(x.kind())),
             true,
         );
-        burn::backend::libtorch::TchTensor::new(y)
+        y
+    }
+
+    /// `aᵀ · g` with `aᵀ` built on `g`'s device: entries sorted stably by column, each keeping
+    /// its row as the new column, offsets from the column counts.
+    pub fn transposed_product(a: &SparseMatrix, g: &tch::Tensor) -> tch::Tensor {
+        use tch::{Kind, Tensor};
+        let device = g.device();
+        let nnz = a.indices.len() as i64;
+        let uploading = crate::ops::profiler::range("ovkd::sparse_matmul::upload");
+        let indices = upload(&a.indices, device);
+        let offsets = upload(&a.offsets, device);
+        let values = upload(&a.values, device);
+        drop(uploading);
+        let counts = offsets.slice(0, 1, None, 1) - offsets.slice(0, 0, -1, 1);
+        let rows = Tensor::arange(a.rows as i64, (Kind::Int64, device))
+            .repeat_interleave_self_tensor(&counts, 0, nnz);
+        let order = indices.argsort_stable(true, 0, false);
+        let t_offsets = Tensor::cat(
+            &[
+                Tensor::zeros([1], (Kind::Int64, device)),
+                indices
+                    .bincount::<Tensor>(None, a.cols as i64)
+                    .cumsum(0, Kind::Int64),
+            ],
+            0,
+        );
+        embedding_bag_sum(
+            g,
+            &rows.index_select(0, &order),
+            &t_offsets,
+            &values.index_select(0, &order),
+        )
     }
 }
 
@@ -391,8 +506,7 @@ impl<B: SpmmBackend> Backward<B, 1> for SpmmBackward {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
         if let Some(parent) = ops.parents[0].as_ref() {
-            let at = Arc::new(ops.state.transpose());
-            grads.register::<B>(parent.id, B::sparse_matmul(at, grad));
+            grads.register::<B>(parent.id, B::sparse_matmul_transposed(ops.state, grad));
         }
     }
 }
@@ -410,6 +524,10 @@ impl<B: SpmmBackend, C: CheckpointStrategy> SpmmBackend for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(B::sparse_matmul(a, x.into_primitive())),
         }
+    }
+
+    fn sparse_matmul_transposed(_: Arc<SparseMatrix>, _: FloatTensor<Self>) -> FloatTensor<Self> {
+        unreachable!("the backward runs on the inner backend")
     }
 }
 
@@ -575,6 +693,48 @@ mod tests {
     #[test]
     fn product_and_gradient_equal_the_dense_matmul_on_libtorch() {
         check_on(Device::libtorch());
+    }
+
+    /// The backward's device transpose (the CUDA route) on LibTorch's CPU: the same entries in
+    /// the same order as the host transpose, so the same sums bit for bit; the last column of
+    /// `matrix` is never used, so its row of the result is zero.
+    #[cfg(feature = "tch")]
+    #[test]
+    fn device_transpose_gives_the_host_transposes_product_on_libtorch() {
+        let (rows, cols, c) = (37, 19, 5);
+        let a = matrix(rows, cols);
+        let g = tch::Tensor::randn([rows as i64, c], (tch::Kind::Float, tch::Device::Cpu));
+        let at = a.transpose();
+        let host = super::libtorch::embedding_bag_sum(
+            &g,
+            &tch::Tensor::from_slice(&at.indices),
+            &tch::Tensor::from_slice(&at.offsets),
+            &tch::Tensor::from_slice(&at.values),
+        );
+        let device = super::libtorch::transposed_product(&a, &g);
+        assert_eq!(device.size(), [cols as i64, c]);
+        let diff = (&device - &host).abs().max().double_value(&[]);
+        assert_eq!(diff, 0.0);
+        assert_eq!(
+            device
+                .get(cols as i64 - 1)
+                .abs()
+                .sum(tch::Kind::Float)
+                .double_value(&[]),
+            0.0
+        );
+    }
+
+    /// The whole route, device transpose included, where LibTorch sees a GPU.
+    #[cfg(feature = "tch")]
+    #[allow(deprecated)] // burn-tch's CUDA device
+    #[test]
+    fn product_and_gradient_equal_the_dense_matmul_on_libtorch_cuda() {
+        if !tch::Cuda::is_available() {
+            eprintln!("no CUDA device: the LibTorch CUDA sparse product is not checked here");
+            return;
+        }
+        check_on(Device::libtorch_cuda(0));
     }
 
     #[test]
