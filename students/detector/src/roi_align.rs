@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use burn::tensor::Tensor;
 use ovkd_backbone::FeatureMap;
+use ovkd_backbone::ops::roi_align_device::{self, RoiAlignTaps, TapLevel};
 use ovkd_backbone::ops::{SparseMatrix, SparseMatrixBuilder, sparse_matmul};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -76,16 +77,6 @@ pub fn map_level(
     (lvl.max(k_min as f32).min(k_max as f32)) as i32
 }
 
-/// Where one feature map sits in the concatenated channel-last buffer.
-#[derive(Clone, Copy, Debug)]
-struct LevelGeom {
-    offset: usize,
-    n: usize,
-    h: usize,
-    w: usize,
-    scale: f64,
-}
-
 /// A RoIAlign as a sparse linear map: `K * out_h * out_w` output bins (RoI-major, then bin
 /// row, then bin column) by the pixels of the channel-last flattened feature maps.
 #[derive(Clone, Debug)]
@@ -120,7 +111,7 @@ const PLAN_CHUNK: usize = 32;
 /// The plan of `rois`, the `i`-th pooled on `geom_of(i)`, over `pixels` flattened pixels.
 fn build_plan<'a>(
     rois: &[Roi],
-    geom_of: impl Fn(usize) -> &'a LevelGeom + Sync,
+    geom_of: impl Fn(usize) -> &'a TapLevel + Sync,
     pixels: usize,
     out: [usize; 2],
     sampling_ratio: i32,
@@ -161,7 +152,7 @@ fn build_plan<'a>(
 #[allow(clippy::too_many_arguments)]
 fn roi_taps(
     bbox: &[f32; 4],
-    geom: &LevelGeom,
+    geom: &TapLevel,
     batch: usize,
     out: [usize; 2],
     sampling_ratio: i32,
@@ -266,7 +257,7 @@ pub fn roi_align(
 ) -> Tensor<4> {
     assert!(!rois.is_empty(), "roi_align: no RoIs");
     let [n, _, h, w] = input.dims();
-    let geom = LevelGeom {
+    let geom = TapLevel {
         offset: 0,
         n,
         h,
@@ -330,37 +321,72 @@ impl MultiScaleRoiAlign {
                 .collect(),
             0,
         );
+        let out = self.config.output_size;
+        if self.config.sampling_ratio > 0 && roi_align_device::runs_on(&flat.device()) {
+            let [_, c] = flat.dims();
+            return roi_align_device::roi_align_taps(Arc::new(self.taps(features, rois)), flat)
+                .reshape([rois.len(), out[0], out[1], c])
+                .permute([0, 3, 1, 2]);
+        }
         let planning = ovkd_backbone::ops::profiler::range("ovkd::roi_align::plan");
         let plan = self.plan(features, rois);
         drop(planning);
-        plan.apply(flat, rois.len(), self.config.output_size)
+        plan.apply(flat, rois.len(), out)
+    }
+
+    /// What [`roi_align_device::roi_align_taps`] needs to pool `rois` from `features` (the
+    /// device's route on a LibTorch GPU; the same bins as [`plan`](Self::plan)'s).
+    ///
+    /// # Panics
+    /// When the sampling ratio is adaptive (`<= 0`).
+    pub fn taps(&self, features: &[FeatureMap], rois: &[Roi]) -> RoiAlignTaps {
+        let levels = self.assign_levels(features, rois);
+        RoiAlignTaps {
+            levels: level_geoms(features),
+            boxes: rois.iter().map(|r| r.bbox).collect(),
+            batch: rois.iter().map(|r| r.batch).collect(),
+            level: levels,
+            output_size: self.config.output_size,
+            sampling_ratio: usize::try_from(self.config.sampling_ratio)
+                .ok()
+                .filter(|&s| s > 0)
+                .expect("the device's taps need a fixed sampling ratio"),
+            aligned: self.config.aligned,
+        }
     }
 
     /// The sparse map [`forward`](Self::forward) applies (for inspection and tests).
     pub fn plan(&self, features: &[FeatureMap], rois: &[Roi]) -> RoiAlignPlan {
-        let mut geoms = Vec::with_capacity(features.len());
-        let mut offset = 0;
-        for f in features {
-            let [n, _, h, w] = f.tensor.dims();
-            geoms.push(LevelGeom {
-                offset,
-                n,
-                h,
-                w,
-                scale: 1.0 / f.stride as f64,
-            });
-            offset += n * h * w;
-        }
+        let geoms = level_geoms(features);
+        let pixels = geoms.last().map_or(0, |g| g.offset + g.n * g.h * g.w);
         let levels = self.assign_levels(features, rois);
         build_plan(
             rois,
             |i| &geoms[levels[i]],
-            offset,
+            pixels,
             self.config.output_size,
             self.config.sampling_ratio,
             self.config.aligned,
         )
     }
+}
+
+/// Where each of `features` sits in their channel-last concatenation.
+fn level_geoms(features: &[FeatureMap]) -> Vec<TapLevel> {
+    let mut geoms = Vec::with_capacity(features.len());
+    let mut offset = 0;
+    for f in features {
+        let [n, _, h, w] = f.tensor.dims();
+        geoms.push(TapLevel {
+            offset,
+            n,
+            h,
+            w,
+            scale: 1.0 / f.stride as f64,
+        });
+        offset += n * h * w;
+    }
+    geoms
 }
 
 /// A device-less helper for callers that hold boxes per image: flattens them into [`Roi`]s
@@ -463,5 +489,97 @@ mod tests {
         for v in out.into_data().try_to_vec::<f32>().unwrap() {
             assert!((v - 3.0).abs() < 1e-5);
         }
+    }
+
+    /// The device's taps (the route on a LibTorch GPU, run here on LibTorch's CPU) pool the
+    /// same bins as the host plan, and give the same feature gradient, for RoIs on every level,
+    /// partly outside their map, smaller than a pixel and larger than the image, with and
+    /// without the half-pixel correction.
+    #[cfg(feature = "tch")]
+    fn check_device_taps(device: Device) {
+        let ad = device.autodiff();
+        ad.seed(9);
+        let feats: Vec<FeatureMap> = [(4usize, 32usize), (8, 16), (16, 8), (32, 4)]
+            .into_iter()
+            .map(|(s, h)| FeatureMap {
+                stride: s,
+                tensor: Tensor::random([2, 3, h, h], Distribution::Normal(0.0, 1.0), &ad),
+            })
+            .collect();
+        let boxes = [
+            [3.0, 5.0, 30.0, 40.0],
+            [0.0, 0.0, 127.0, 100.0],
+            [10.0, 20.0, 10.4, 20.3],
+            [-10.0, -4.0, 140.0, 133.0],
+            [100.0, 90.0, 131.0, 127.9],
+            [-30.0, 60.0, 5.0, 70.0],
+        ];
+        let rois: Vec<Roi> = boxes
+            .iter()
+            .enumerate()
+            .map(|(i, &bbox)| Roi { batch: i % 2, bbox })
+            .collect();
+        for aligned in [false, true] {
+            let pooler = MultiScaleRoiAlign::new(RoiAlignConfig {
+                aligned,
+                ..RoiAlignConfig::default()
+            });
+            let flat0 = Tensor::cat(
+                feats
+                    .iter()
+                    .map(|f| channel_last(f.tensor.clone()))
+                    .collect(),
+                0,
+            );
+            let [bins, c] = [rois.len() * 49, 3];
+            let up = Tensor::<2>::random([bins, c], Distribution::Normal(0.0, 1.0), &ad);
+            let run = |device_route: bool| {
+                let flat = flat0.clone().detach().require_grad();
+                let y = if device_route {
+                    roi_align_device::roi_align_taps(
+                        Arc::new(pooler.taps(&feats, &rois)),
+                        flat.clone(),
+                    )
+                } else {
+                    sparse_matmul(&pooler.plan(&feats, &rois).matrix, flat.clone())
+                };
+                let grads = y.clone().mul(up.clone()).sum().backward();
+                let dx = flat.grad(&grads).expect("flat has a gradient");
+                let v = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+                (v(y), v(dx))
+            };
+            let (y, dx) = run(true);
+            let (y_ref, dx_ref) = run(false);
+            for (what, got, want) in [("y", &y, &y_ref), ("dx", &dx, &dx_ref)] {
+                assert_eq!(got.len(), want.len());
+                for (i, (a, b)) in got.iter().zip(want.iter()).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "aligned {aligned}, {what}[{i}]: {a} vs {b}"
+                    );
+                }
+            }
+            assert!(y_ref.iter().any(|&v| v != 0.0) && dx_ref.iter().any(|&v| v != 0.0));
+        }
+    }
+
+    #[cfg(feature = "tch")]
+    #[allow(deprecated)] // burn-tch's device
+    #[test]
+    fn device_taps_pool_as_the_host_plan_on_libtorch() {
+        check_device_taps(Device::libtorch());
+    }
+
+    /// The same where LibTorch sees a GPU (where the detector takes this route).
+    #[cfg(feature = "tch")]
+    #[allow(deprecated)] // burn-tch's CUDA device
+    #[test]
+    fn device_taps_pool_as_the_host_plan_on_libtorch_cuda() {
+        if !tch::Cuda::is_available() {
+            eprintln!("no CUDA device: the device's RoIAlign taps are not checked on CUDA here");
+            return;
+        }
+        assert!(roi_align_device::runs_on(&Device::libtorch_cuda(0)));
+        check_device_taps(Device::libtorch_cuda(0));
     }
 }

@@ -22,7 +22,7 @@ use crate::boxes::{Boxes, clip_box, iou_matrix, is_large_enough};
 use crate::losses::{BoxLoss, bce_with_logits_mean};
 use crate::matcher::{Match, Matcher};
 use crate::nms::{batched_nms, top_by_score_desc};
-use crate::sampler::{BalancedSampler, Role};
+use crate::sampler::{BalancedSampler, Candidates, Role};
 use rayon::prelude::*;
 
 /// RPN settings (torchvision's defaults unless noted).
@@ -292,16 +292,16 @@ impl Rpn {
         let mut targets = Vec::new();
         // Matching is deterministic, so images run in parallel; sampling draws from `rng` in
         // image order, as before.
-        let matched: Vec<(Vec<Match>, Vec<Role>)> = gt_boxes
+        let matched: Vec<(Vec<Match>, Candidates)> = gt_boxes
             .par_iter()
             .map(|gt| {
                 let matches = matcher.assign(&iou_matrix(gt.as_slice(), anchors.as_slice()), total);
-                let roles = matches.iter().map(Role::from).collect();
-                (matches, roles)
+                let roles: Vec<Role> = matches.iter().map(Role::from).collect();
+                (matches, Candidates::of(&roles))
             })
             .collect();
-        for (b, (gt, (matches, roles))) in gt_boxes.iter().zip(matched).enumerate() {
-            let s = sampler.sample(&roles, rng);
+        for (b, (gt, (matches, candidates))) in gt_boxes.iter().zip(matched).enumerate() {
+            let s = sampler.draw(&candidates, rng);
             for &i in &s.positive {
                 let Match::Gt(g) = matches[i] else {
                     unreachable!("sampled positives are matched")

@@ -48,21 +48,47 @@ pub struct Sampled {
     pub negative: Vec<usize>,
 }
 
+/// The positives and the negatives among a list of roles, each ascending: what
+/// [`BalancedSampler::draw`] draws from. Deterministic, so callers can find them in parallel
+/// and keep only the draws, which share one RNG, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Candidates {
+    /// Indices of the positives.
+    pub positive: Vec<usize>,
+    /// Indices of the negatives.
+    pub negative: Vec<usize>,
+}
+
+impl Candidates {
+    /// The candidates among `roles`.
+    pub fn of(roles: &[Role]) -> Self {
+        let mut c = Self::default();
+        for (i, r) in roles.iter().enumerate() {
+            match r {
+                Role::Positive => c.positive.push(i),
+                Role::Negative => c.negative.push(i),
+                Role::Ignore => {}
+            }
+        }
+        c
+    }
+}
+
 impl BalancedSampler {
     /// Samples uniformly without replacement among positives and among negatives.
     pub fn sample<R: Rng + ?Sized>(&self, roles: &[Role], rng: &mut R) -> Sampled {
-        let positive: Vec<usize> = (0..roles.len())
-            .filter(|&i| roles[i] == Role::Positive)
-            .collect();
-        let negative: Vec<usize> = (0..roles.len())
-            .filter(|&i| roles[i] == Role::Negative)
-            .collect();
+        self.draw(&Candidates::of(roles), rng)
+    }
+
+    /// [`Self::sample`] from candidates found beforehand (the same draws for the same RNG).
+    pub fn draw<R: Rng + ?Sized>(&self, candidates: &Candidates, rng: &mut R) -> Sampled {
+        let Candidates { positive, negative } = candidates;
         let num_pos = ((self.batch_size_per_image as f32 * self.positive_fraction) as usize)
             .min(positive.len());
         let num_neg = (self.batch_size_per_image - num_pos).min(negative.len());
         Sampled {
-            positive: choose(&positive, num_pos, rng),
-            negative: choose(&negative, num_neg, rng),
+            positive: choose(positive, num_pos, rng),
+            negative: choose(negative, num_neg, rng),
         }
     }
 }

@@ -4,6 +4,8 @@
 //! - [`conv2d`]: drop-in for `burn::tensor::module::conv2d`.
 //! - [`AdamW`] / [`AdamWConfig`]: AdamW with PyTorch's defaults, in place on LibTorch.
 //! - [`sparse_matmul`]: a constant [`SparseMatrix`] times a dense tensor (RoIAlign's core).
+//! - [`roi_align_device`]: RoIAlign's taps computed on a LibTorch GPU (the detector's route
+//!   there), the same product as a host-built [`SparseMatrix`].
 //! - [`batch_norm`]: drop-in for `BatchNorm::forward` (channel-parallel training on burn-flex).
 //! - [`pixel_nll_sum`]: a segmenter's per-pixel cross-entropy, fused (burn-flex).
 //! - [`linear`]: drop-in for `Linear::forward` (one `addmm` on LibTorch).
@@ -32,6 +34,8 @@ mod linear;
 mod pixel_nll;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod relu;
+#[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
+pub mod roi_align_device;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod spmm;
 // burn-tch is marked deprecated in Burn 0.22 (in favour of CubeCL backends), but it is the

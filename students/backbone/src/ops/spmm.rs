@@ -415,7 +415,7 @@ impl SpmmBackend for burn::backend::LibTorch {
 /// The LibTorch kernels of the product: `embedding_bag` in sum mode with per-sample weights,
 /// which reads the CSR arrays as they are and never materialises the `[nnz, C]` rows.
 #[cfg(feature = "tch")]
-mod libtorch {
+pub(crate) mod libtorch {
     use super::SparseMatrix;
 
     /// `v` on `device`. Off the CPU the copy reads `v` where it is (a LibTorch view of the
@@ -463,8 +463,7 @@ mod libtorch {
         y
     }
 
-    /// `aᵀ · g` with `aᵀ` built on `g`'s device: entries sorted stably by column, each keeping
-    /// its row as the new column, offsets from the column counts.
+    /// `aᵀ · g` with `aᵀ` built on `g`'s device (see [`transposed_product_of`]).
     pub fn transposed_product(a: &SparseMatrix, g: &tch::Tensor) -> tch::Tensor {
         use tch::{Kind, Tensor};
         let device = g.device();
@@ -477,12 +476,27 @@ mod libtorch {
         let counts = offsets.slice(0, 1, None, 1) - offsets.slice(0, 0, -1, 1);
         let rows = Tensor::arange(a.rows as i64, (Kind::Int64, device))
             .repeat_interleave_self_tensor(&counts, 0, nnz);
+        transposed_product_of(&indices, &rows, &values, a.cols as i64, g)
+    }
+
+    /// `aᵀ · g` for the matrix with entries `(rows[e], indices[e], values[e])` (rows ascending)
+    /// and `cols` columns, on `g`'s device: the entries sorted stably by column, each keeping its
+    /// row as the new column, offsets from the column counts. The same entries in the same order
+    /// as [`SparseMatrix::transpose`] gives.
+    pub fn transposed_product_of(
+        indices: &tch::Tensor,
+        rows: &tch::Tensor,
+        values: &tch::Tensor,
+        cols: i64,
+        g: &tch::Tensor,
+    ) -> tch::Tensor {
+        use tch::{Kind, Tensor};
         let order = indices.argsort_stable(true, 0, false);
         let t_offsets = Tensor::cat(
             &[
-                Tensor::zeros([1], (Kind::Int64, device)),
+                Tensor::zeros([1], (Kind::Int64, g.device())),
                 indices
-                    .bincount::<Tensor>(None, a.cols as i64)
+                    .bincount::<Tensor>(None, cols)
                     .cumsum(0, Kind::Int64),
             ],
             0,
