@@ -128,9 +128,12 @@ mod tests {
         // Few positives: negatives fill the batch.
         let few = s.sample(&roles[25..], &mut rng);
         assert_eq!((few.positive.len(), few.negative.len()), (5, 35));
-        // Same seed, same draw.
+        // Same seed, same draw; from candidates found beforehand too.
         let a = s.sample(&roles, &mut ChaCha8Rng::seed_from_u64(1));
         let b = s.sample(&roles, &mut ChaCha8Rng::seed_from_u64(1));
         assert_eq!(a, b);
+        let c = Candidates::of(&roles);
+        assert_eq!((c.positive.len(), c.negative.len()), (30, 69));
+        assert_eq!(s.draw(&c, &mut ChaCha8Rng::seed_from_u64(1)), a);
     }
 }
