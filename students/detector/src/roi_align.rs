@@ -10,6 +10,10 @@
 //! output bins (built in parallel over RoIs). The tensor side is one
 //! [`sparse_matmul`](ovkd_backbone::ops::sparse_matmul), whose backward is the transposed
 //! product; on burn-flex and LibTorch neither materialises the `[taps, C]` rows of every bin.
+//!
+//! On a LibTorch GPU ([`roi_align_device::runs_on`]) [`MultiScaleRoiAlign`] computes the same
+//! taps on the device instead ([`MultiScaleRoiAlign::taps`]), so the GPU does not wait for the
+//! host to build and upload the plan (BENCHMARKS, Speed, session 13).
 
 use std::sync::Arc;
 

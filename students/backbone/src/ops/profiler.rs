@@ -4,7 +4,7 @@
 //! format PyTorch's `export_chrome_trace` writes, so a step of ovkd and the reference's step
 //! can be read side by side. tch 0.22 does not bind the profiler; `libtorch_shim.cpp` does.
 //!
-//! [`range`] names a stretch of host work (RPN proposals, RoIAlign's plan) in the trace, where
+//! [`range`](crate::ops::profiler::range) names a stretch of host work (RPN proposals, RoIAlign's plan) in the trace, where
 //! the GPU would otherwise show an unexplained idle gap; it costs nothing without the `tch`
 //! feature and little when no profiler runs.
 

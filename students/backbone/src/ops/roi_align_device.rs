@@ -2,13 +2,14 @@
 //!
 //! The detector's RoIAlign (`ovkd_detector::roi_align`) turns its boxes into a constant sparse
 //! matrix on the host and multiplies the channel-last features by it ([`super::sparse_matmul`]).
-//! On the H200 that host work and its upload left the GPU idle about 25 ms of a 130 ms R50-FPN
-//! training step (the plan of 4,096 RoIs, 2 M taps: 16 ms; its 26 MB upload: 8 ms; BENCHMARKS,
-//! Speed, session 13). Here the same taps (torchvision's `roi_align_kernel` rules, in f64, as
-//! the host computes them) are computed on the device from the boxes (a few kilobytes), every
-//! bin with all `grid_h * grid_w * 4` of its taps (samples outside the map get weight 0; the
-//! host merges taps that hit the same pixel, so sums differ by rounding only). The product is
-//! LibTorch's `embedding_bag`, its backward the device transpose of [`super::sparse_matmul`].
+//! On the H200 that host work and its upload left the GPU idle about 24 ms of a profiled 138 ms
+//! R50-FPN training step at 512 px, batch 8 (the plan of 4,096 RoIs, 2 M taps: 16 ms; its 26 MB
+//! upload: 8 ms; BENCHMARKS, Speed, session 13). Here the same taps (torchvision's
+//! `roi_align_kernel` rules, in f64, as the host computes them) are computed on the device from
+//! the boxes (a few kilobytes uploaded; 2.2 ms of host time a step), every bin with all
+//! `grid_h * grid_w * 4` of its taps (samples outside the map get weight 0; the host merges taps
+//! that hit the same pixel, so sums differ by rounding only). The product is LibTorch's
+//! `embedding_bag`, its backward the device transpose of [`super::sparse_matmul`].
 //!
 //! [`runs_on`] says where the detector takes this route (LibTorch on a GPU, fixed sampling
 //! ratio); everywhere else it keeps the host plan.
