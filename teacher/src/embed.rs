@@ -87,8 +87,16 @@ impl Teacher {
     /// The same teacher with its image tower (vision transformer and projection) cast to
     /// `precision` (from float32: the weights are rounded once); images go in and embeddings
     /// come out as float32 either way.
+    ///
+    /// Off burn-flex (LibTorch), outside autodiff, the tower's QuickGELU slope is folded into
+    /// its MLP weights first (before the rounding), so each MLP runs one SiLU kernel instead of
+    /// three ([`ClipMlp::fold_quick_gelu`](crate::clip::layers::ClipMlp::fold_quick_gelu));
+    /// on burn-flex the tower stays as it was, so CPU embeddings are bit for bit unchanged.
     pub fn with_precision(mut self, precision: Precision) -> Self {
         let m = &mut self.model;
+        if !ovkd_backbone::ops::is_flex(&self.device) && !self.device.is_autodiff() {
+            m.vision_model = m.vision_model.clone().fold_quick_gelu();
+        }
         m.vision_model = precision.cast_module(m.vision_model.clone());
         m.visual_projection = precision.cast_module(m.visual_projection.clone());
         self.precision = precision;

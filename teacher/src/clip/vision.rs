@@ -56,6 +56,21 @@ pub struct DenseTokens {
 }
 
 impl VisionTransformer {
+    /// The same tower with every MLP's QuickGELU slope folded into its weights, for inference
+    /// ([`ClipMlp::fold_quick_gelu`](super::layers::ClipMlp::fold_quick_gelu)); it cannot be
+    /// saved afterwards.
+    pub fn fold_quick_gelu(mut self) -> Self {
+        self.layers = self
+            .layers
+            .into_iter()
+            .map(|l| EncoderLayer {
+                mlp: l.mlp.fold_quick_gelu(),
+                ..l
+            })
+            .collect();
+        self
+    }
+
     fn shape(c: &VisionConfig) -> BlockShape {
         BlockShape {
             width: c.hidden_size,

@@ -9,6 +9,7 @@
 //! - [`batch_norm`]: drop-in for `BatchNorm::forward` (channel-parallel training on burn-flex).
 //! - [`pixel_nll_sum`]: a segmenter's per-pixel cross-entropy, fused (burn-flex).
 //! - [`linear`]: drop-in for `Linear::forward` (one `addmm` on LibTorch).
+//! - [`silu`]: drop-in for `burn::tensor::activation::silu` (one LibTorch kernel).
 //! - [`relu`]: drop-in for `burn::tensor::activation::relu` (LibTorch's fused backward).
 //! - [`profiler`]: PyTorch's Kineto profiler, a Chrome trace of LibTorch work (feature `tch`),
 //!   and [`profiler::range`], named ranges of host work in it.
@@ -37,6 +38,8 @@ mod relu;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 pub mod roi_align_device;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
+mod silu;
+#[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod spmm;
 // burn-tch is marked deprecated in Burn 0.22 (in favour of CubeCL backends), but it is the
 // backend that links LibTorch's cuDNN / oneDNN kernels, which is what `--device tch-*` is for.
@@ -54,4 +57,5 @@ pub use kernels::{ConvGrads, ConvKernels, GradMask};
 pub use linear::linear;
 pub use pixel_nll::{PixelLabels, PixelNllBackend, pixel_nll_sum};
 pub use relu::relu;
+pub use silu::silu;
 pub use spmm::{SparseMatrix, SparseMatrixBuilder, SpmmBackend, sparse_matmul};
