@@ -20,6 +20,8 @@
 //! backward. Other backends fall back to Burn's convolution.
 
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
+mod activation;
+#[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod adamw;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod batch_norm;
@@ -34,11 +36,7 @@ mod kernels;
 mod linear;
 mod pixel_nll;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
-mod relu;
-#[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 pub mod roi_align_device;
-#[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
-mod silu;
 #[cfg_attr(feature = "tch", allow(deprecated))] // burn-tch's `LibTorch`, see `libtorch`
 mod spmm;
 // burn-tch is marked deprecated in Burn 0.22 (in favour of CubeCL backends), but it is the
@@ -49,6 +47,7 @@ mod libtorch;
 /// PyTorch's profiler around LibTorch work (feature `tch`) and named ranges of host work.
 pub mod profiler;
 
+pub use activation::{relu, silu};
 pub use adamw::{AdamW, AdamWConfig};
 pub use batch_norm::{BatchNormBackend, batch_norm};
 pub use conv2d::{Conv2d, Conv2dConfig};
@@ -56,6 +55,4 @@ pub use extension::{FastConvBackend, conv2d, is_flex, supports};
 pub use kernels::{ConvGrads, ConvKernels, GradMask};
 pub use linear::linear;
 pub use pixel_nll::{PixelLabels, PixelNllBackend, pixel_nll_sum};
-pub use relu::relu;
-pub use silu::silu;
 pub use spmm::{SparseMatrix, SparseMatrixBuilder, SpmmBackend, sparse_matmul};
