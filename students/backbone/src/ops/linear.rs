@@ -15,16 +15,16 @@ use burn::tensor::Tensor;
 /// [`Linear::forward`], as one `addmm` on LibTorch devices (feature `tch`).
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "tch")]
-    if let Some(bias) = &layer.bias {
-        if super::libtorch::is_libtorch(&x.device()) {
-            let dims = x.dims();
-            let [d_in, d_out] = layer.weight.dims();
-            let rows = dims[..D - 1].iter().product::<usize>();
-            let y = libtorch::addmm(x.reshape([rows, d_in]), layer.weight.val(), bias.val());
-            let mut out = dims;
-            out[D - 1] = d_out;
-            return y.reshape(out);
-        }
+    if let Some(bias) = &layer.bias
+        && super::libtorch::is_libtorch(&x.device())
+    {
+        let dims = x.dims();
+        let [d_in, d_out] = layer.weight.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let y = libtorch::addmm(x.reshape([rows, d_in]), layer.weight.val(), bias.val());
+        let mut out = dims;
+        out[D - 1] = d_out;
+        return y.reshape(out);
     }
     layer.forward(x)
 }
