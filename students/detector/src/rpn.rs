@@ -296,8 +296,8 @@ impl Rpn {
             .par_iter()
             .map(|gt| {
                 let matches = matcher.assign(&iou_matrix(gt.as_slice(), anchors.as_slice()), total);
-                let roles: Vec<Role> = matches.iter().map(Role::from).collect();
-                (matches, Candidates::of(&roles))
+                let candidates = Candidates::of(matches.iter().map(Role::from));
+                (matches, candidates)
             })
             .collect();
         for (b, (gt, (matches, candidates))) in gt_boxes.iter().zip(matched).enumerate() {

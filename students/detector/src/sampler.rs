@@ -60,10 +60,10 @@ pub struct Candidates {
 }
 
 impl Candidates {
-    /// The candidates among `roles`.
-    pub fn of(roles: &[Role]) -> Self {
+    /// The candidates among `roles` (the `i`-th role is example `i`'s).
+    pub fn of(roles: impl IntoIterator<Item = Role>) -> Self {
         let mut c = Self::default();
-        for (i, r) in roles.iter().enumerate() {
+        for (i, r) in roles.into_iter().enumerate() {
             match r {
                 Role::Positive => c.positive.push(i),
                 Role::Negative => c.negative.push(i),
@@ -77,7 +77,7 @@ impl Candidates {
 impl BalancedSampler {
     /// Samples uniformly without replacement among positives and among negatives.
     pub fn sample<R: Rng + ?Sized>(&self, roles: &[Role], rng: &mut R) -> Sampled {
-        self.draw(&Candidates::of(roles), rng)
+        self.draw(&Candidates::of(roles.iter().copied()), rng)
     }
 
     /// [`Self::sample`] from candidates found beforehand (the same draws for the same RNG).
@@ -132,7 +132,7 @@ mod tests {
         let a = s.sample(&roles, &mut ChaCha8Rng::seed_from_u64(1));
         let b = s.sample(&roles, &mut ChaCha8Rng::seed_from_u64(1));
         assert_eq!(a, b);
-        let c = Candidates::of(&roles);
+        let c = Candidates::of(roles.iter().copied());
         assert_eq!((c.positive.len(), c.negative.len()), (30, 69));
         assert_eq!(s.draw(&c, &mut ChaCha8Rng::seed_from_u64(1)), a);
     }

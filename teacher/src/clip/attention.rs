@@ -1,13 +1,12 @@
 //! CLIP's multi-head self-attention, with transformers' parameter names and no dropout.
 
-use burn::backend::DispatchDevice;
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor};
-use ovkd_backbone::ops::linear;
+use ovkd_backbone::ops::{is_flex, linear};
 
 use super::layers::{load_linear, save_linear};
 use crate::error::TeacherError;
@@ -110,11 +109,7 @@ impl ClipAttention {
 /// reads `true` as "attend", the opposite of Burn's convention.
 fn core(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, causal: bool) -> Tensor<4> {
     let device = q.device();
-    let flex = matches!(
-        device.clone().inner().as_dispatch(),
-        DispatchDevice::Flex(_)
-    );
-    if !flex && !device.is_autodiff() {
+    if !is_flex(&device) && !device.is_autodiff() {
         let options = AttentionModuleOptions {
             scale: Some(scale),
             softcap: None,

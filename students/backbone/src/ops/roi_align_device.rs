@@ -165,31 +165,28 @@ mod libtorch {
 
     impl Taps {
         fn build(spec: &RoiAlignTaps, device: Device) -> Self {
+            let _range = crate::ops::profiler::range("ovkd::roi_align::device_taps");
             let r = spec.boxes.len() as i64;
             let [oh, ow] = spec.output_size.map(|v| v as i64);
             let g = spec.sampling_ratio as i64;
-            let per_roi = |f: &dyn Fn(usize) -> f64| -> tch::Tensor {
-                let v: Vec<f64> = (0..spec.boxes.len()).map(f).collect();
-                upload(&v, device)
-            };
-            let level = |i: usize| &spec.levels[spec.level[i]];
-            let coord = |k: usize| per_roi(&|i| spec.boxes[i][k] as f64);
-            let scale = per_roi(&|i| level(i).scale);
-            let (height, width) = (
-                per_roi(&|i| level(i).h as f64),
-                per_roi(&|i| level(i).w as f64),
-            );
-            let base: Vec<i64> = (0..spec.boxes.len())
-                .map(|i| {
-                    let l = level(i);
-                    (l.offset + spec.batch[i] * l.h * l.w) as i64
-                })
-                .collect();
-            let base = upload(&base, device).view([r, 1, 1, 1, 1, 1]);
+            // Per RoI, in one upload (each is a blocking copy): the box, its level's scale,
+            // height and width, and where its image's map starts (exact in f64 below 2^53).
+            const FIELDS: usize = 8;
+            let mut host = Vec::with_capacity(spec.boxes.len() * FIELDS);
+            for (i, b) in spec.boxes.iter().enumerate() {
+                let l = &spec.levels[spec.level[i]];
+                let base = l.offset + spec.batch[i] * l.h * l.w;
+                host.extend(b.map(f64::from));
+                host.extend([l.scale, l.h as f64, l.w as f64, base as f64]);
+            }
+            let per_roi = upload(&host, device).view([r, FIELDS as i64]);
+            let field = |k: i64| per_roi.select(1, k);
+            let (scale, height, width) = (field(4), field(5), field(6));
+            let base = field(7).to_kind(Kind::Int64).view([r, 1, 1, 1, 1, 1]);
             let width_i = width.to_kind(Kind::Int64).view([r, 1, 1, 1, 1, 1]);
 
             let offset = if spec.aligned { 0.5 } else { 0.0 };
-            let at = |k: usize| coord(k) * &scale - offset;
+            let at = |k: i64| field(k) * &scale - offset;
             let (start_w, start_h, end_w, end_h) = (at(0), at(1), at(2), at(3));
             let (mut roi_w, mut roi_h) = (&end_w - &start_w, &end_h - &start_h);
             if !spec.aligned {
@@ -256,7 +253,6 @@ mod libtorch {
 
     impl RoiTapsBackend for LibTorch {
         fn roi_taps_pool(spec: Arc<RoiAlignTaps>, flat: TchTensor) -> TchTensor {
-            let _range = crate::ops::profiler::range("ovkd::roi_align::device_taps");
             let taps = Taps::build(&spec, flat.tensor.device());
             TchTensor::new(taps.apply(&flat.tensor))
         }
@@ -298,10 +294,7 @@ mod libtorch {
             {
                 OpsKind::Tracked(prep) => {
                     let flat = flat.into_primitive();
-                    let taps = {
-                        let _range = crate::ops::profiler::range("ovkd::roi_align::device_taps");
-                        Taps::build(&spec, flat.tensor.device())
-                    };
+                    let taps = Taps::build(&spec, flat.tensor.device());
                     let y = TchTensor::new(taps.apply(&flat.tensor));
                     prep.finish(SavedTaps(Arc::new(Mutex::new(Some(taps)))), y)
                 }
