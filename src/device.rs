@@ -37,6 +37,21 @@ impl DeviceSpec {
                  (LIBTORCH_USE_PYTORCH=1 and a pip-installed PyTorch)"
             );
         }
+        if let Self::TchCuda(n) = spec {
+            let count = burn_tch_cuda_device_count();
+            if n >= count {
+                bail!(
+                    "--device {s}: LibTorch sees {count} CUDA device{} here{}; use `--device \
+                     tch-cpu`, or `auto` (the GPU where there is one, else the CPU)",
+                    if count == 1 { "" } else { "s" },
+                    if count == 0 {
+                        " (no NVIDIA driver or GPU, or a PyTorch built without CUDA)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
         Ok(spec)
     }
 
@@ -74,19 +89,24 @@ impl DeviceSpec {
     }
 }
 
-/// Whether LibTorch sees a CUDA device (`torch.cuda.device_count() > 0`; burn-tch's device type
-/// 0 is CUDA). A LibTorch without CUDA support, or a machine without a driver or GPU, answers 0.
-#[cfg(feature = "tch")]
-#[allow(deprecated)] // burn-tch is deprecated upstream, but it is the backend that links LibTorch
+/// Whether LibTorch sees a CUDA device.
 pub fn burn_tch_cuda_available() -> bool {
-    use burn::backend::{Backend, LibTorch};
-    <LibTorch as Backend>::device_count(0) > 0
+    burn_tch_cuda_device_count() > 0
 }
 
-/// Always `false`: a binary built without the `tch` feature has no LibTorch to ask.
+/// How many CUDA devices LibTorch sees (`torch.cuda.device_count()`; burn-tch's device type 0
+/// is CUDA). A LibTorch without CUDA support, or a machine without a driver or GPU, answers 0.
+#[cfg(feature = "tch")]
+#[allow(deprecated)] // burn-tch is deprecated upstream, but it is the backend that links LibTorch
+pub fn burn_tch_cuda_device_count() -> usize {
+    use burn::backend::{Backend, LibTorch};
+    <LibTorch as Backend>::device_count(0)
+}
+
+/// Always 0: a binary built without the `tch` feature has no LibTorch to ask.
 #[cfg(not(feature = "tch"))]
-pub fn burn_tch_cuda_available() -> bool {
-    false
+pub fn burn_tch_cuda_device_count() -> usize {
+    0
 }
 
 #[cfg(test)]
@@ -100,6 +120,27 @@ mod tests {
         let err = DeviceSpec::parse("gpu").unwrap_err().to_string();
         assert!(err.contains("expected one of"), "{err}");
         assert!(DeviceSpec::parse("tch-cuda:x").is_err());
+    }
+
+    /// A CUDA index LibTorch does not see is refused when parsed, naming the count, rather than
+    /// LibTorch panicking at the first tensor.
+    #[cfg(feature = "tch")]
+    #[test]
+    fn a_cuda_device_that_is_not_there_is_refused() {
+        let count = burn_tch_cuda_device_count();
+        let err = DeviceSpec::parse(&format!("tch-cuda:{count}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("LibTorch sees {count} CUDA device")) && err.contains("tch-cpu"),
+            "{err}"
+        );
+        if count > 0 {
+            assert_eq!(
+                DeviceSpec::parse("tch-cuda").unwrap(),
+                DeviceSpec::TchCuda(0)
+            );
+        }
     }
 
     #[test]

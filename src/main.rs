@@ -75,7 +75,7 @@ fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     if let Err(err) = run(cli) {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", cli::error_message(&err));
         std::process::exit(1);
     }
 }

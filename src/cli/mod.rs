@@ -23,7 +23,10 @@ use std::path::PathBuf;
 /// `ovkd train detector`, `ovkd train segmenter`); the pipeline passes them the same way.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// The experiment config (TOML; `extends` allowed).
+    /// The command's config (TOML; `extends` allowed): a detector config for `proposals` and
+    /// `train detector`, a segmenter config for `train segmenter` (`configs/detector/`,
+    /// `configs/segmenter/`, or the `detector.toml` / `segmenter.toml` a pipeline writes into
+    /// its run); an experiment config goes to `ovkd pipeline`.
     #[arg(long)]
     pub config: PathBuf,
     /// The run directory.
@@ -45,4 +48,57 @@ pub struct RunArgs {
 pub struct Context {
     /// The device named by `--device`, resolved lazily by commands that use tensors.
     pub device: DeviceSpec,
+}
+
+/// `err` and its causes on one line, `context: cause: cause`, as `{:#}` prints them, less any
+/// cause that the text before it already ends with: the libraries' errors name their source in
+/// their own message (`path: No such file or directory`) and keep it as their `source` too,
+/// which `{:#}` would print a second time.
+pub fn error_message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct ReadError {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn error_message_names_each_cause_once() {
+        let missing = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::new(ReadError {
+            path: "a.toml".into(),
+            source: missing(),
+        })
+        .context("reading the experiment a.toml");
+        assert_eq!(
+            error_message(&err),
+            "reading the experiment a.toml: a.toml: no such file"
+        );
+        assert_eq!(
+            format!("{err:#}"),
+            "reading the experiment a.toml: a.toml: no such file: no such file"
+        );
+        // Causes that do not repeat stay.
+        let err = anyhow::Error::new(missing())
+            .context("opening b")
+            .context("loading c");
+        assert_eq!(error_message(&err), "loading c: opening b: no such file");
+    }
 }

@@ -39,8 +39,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Context;
 use super::train_detector::{
-    ClassList, RunPaths, chw01, load_config, load_teacher, progress_bar, resolve_detector, tensor2,
-    train_loader,
+    ClassList, DetExperimentConfig, RunPaths, chw01, load_teacher, progress_bar, resolve_detector,
+    tensor2, train_loader,
 };
 
 /// Arguments of `ovkd proposals`.
@@ -232,7 +232,12 @@ pub fn print_recall(recall: &BTreeMap<String, BTreeMap<String, RecallStats>>) {
 /// Runs `ovkd proposals`.
 pub fn run(ctx: &Context, args: ProposalsArgs) -> Result<()> {
     let t0 = Instant::now();
-    let cfg = load_config(&args.common.config, &args.common.sets)?;
+    let cfg: DetExperimentConfig = crate::config::load_command_config(
+        &args.common.config,
+        &args.common.sets,
+        "proposals",
+        "detector",
+    )?;
     let paths = RunPaths::new(&cfg, &args.common.run);
     let out_dir = args.common.run.join("proposals");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;

@@ -1,7 +1,7 @@
 //! `ovkd train detector`: the detector student trained with ViLD (ViLD-text + ViLD-image on the
 //! cached proposals' teacher embeddings), then scored on the val split.
 //!
-//! Reads an experiment config (`[data]`, `[teacher]`, `[detector]`, `[distill]`, `[proposals]`,
+//! Reads a detector config (`[data]`, `[teacher]`, `[detector]`, `[distill]`, `[proposals]`,
 //! `[train]`, `[eval]`; `extends` and `--set` allowed) and writes into the run directory:
 //!
 //! ```text
@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Context;
 use super::proposals::ProposalsSection;
-use crate::config::{Invalid, Layered, Validate, loader::check_positive};
+use crate::config::{Invalid, Validate, loader::check_positive};
 
 /// Arguments of `ovkd train detector`.
 #[derive(Args, Debug)]
@@ -295,9 +295,7 @@ impl Validate for DetExperimentConfig {
 
 /// Reads `path` with `--set` overrides.
 pub fn load_config(path: &Path, sets: &[String]) -> Result<DetExperimentConfig> {
-    let mut layered = Layered::load(path)?;
-    layered.apply_overrides(sets)?;
-    Ok(layered.deserialize::<DetExperimentConfig>()?)
+    crate::config::load_command_config(path, sets, "train detector", "detector")
 }
 
 fn merge_toml(base: &mut toml::Value, over: toml::Value) {

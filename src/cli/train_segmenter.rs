@@ -42,7 +42,7 @@ use ovkd_teacher::embed::Teacher;
 use serde::{Deserialize, Serialize};
 
 use super::Context;
-use crate::config::{Invalid, Layered, Validate, loader::check_positive};
+use crate::config::{Invalid, Validate, loader::check_positive};
 
 /// Arguments of `ovkd train segmenter`.
 #[derive(Args, Debug)]
@@ -216,9 +216,7 @@ impl Validate for SegTrainConfig {
 
 /// Reads `path` with `--set` overrides into a [`SegTrainConfig`].
 pub fn load_config(path: &Path, sets: &[String]) -> Result<SegTrainConfig> {
-    let mut layered = Layered::load(path)?;
-    layered.apply_overrides(sets)?;
-    Ok(layered.deserialize::<SegTrainConfig>()?)
+    crate::config::load_command_config(path, sets, "train segmenter", "segmenter")
 }
 
 /// A progress bar for `n` items (hidden when `quiet`).
@@ -791,5 +789,32 @@ mod tests {
             crate::cli::train_detector::load_config(&configs.join("detector/ov_shapes.toml"), &[])
                 .unwrap();
         assert_eq!(det.teacher.templates, [ovkd_teacher::pretrain::EVAL_PROMPT]);
+    }
+
+    /// An experiment passed to a student command is named as one, with the file to pass
+    /// instead, rather than failing on a key of its parents; a bad `--set` on a student config
+    /// keeps its own error.
+    #[test]
+    fn an_experiment_config_is_told_apart_from_a_student_config() {
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let err = load_config(&configs.join("ov-shapes.toml"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is an experiment config")
+                && err.contains("configs/segmenter/ov_shapes.toml")
+                && err.contains("--only train-segmenter"),
+            "{err}"
+        );
+        let err = load_config(
+            &configs.join("segmenter/ov_shapes.toml"),
+            &["train.lr=-1".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`train.lr`") && !err.contains("experiment"),
+            "{err}"
+        );
     }
 }

@@ -225,7 +225,7 @@ pub fn run_sweep(
                     let dir = run_dir(out, r);
                     let status = launch(r, &dir);
                     if let Err(e) = write_status(&dir, &status) {
-                        tracing::error!("{}: {e:#}", dir.display());
+                        tracing::error!("{}: {}", dir.display(), crate::cli::error_message(&e));
                     }
                     on_done(r, &status, false);
                 }
@@ -308,7 +308,7 @@ pub fn launch_child(
     RunStatus {
         status: if result.is_ok() { "ok" } else { "failed" }.into(),
         seconds: t0.elapsed().as_secs_f64(),
-        error: result.err().map(|e| format!("{e:#}")),
+        error: result.err().map(|e| crate::cli::error_message(&e)),
         sets,
     }
 }

@@ -193,6 +193,18 @@ pub fn is_flex(device: &burn::tensor::Device) -> bool {
     )
 }
 
+/// Whether `device` is LibTorch on a GPU (with or without autodiff): where reading a tensor
+/// back to the host waits for the device and copies over PCIe, so the detector keeps its
+/// selections (RoIAlign's taps, the RPN's top-k) on the device. Without `tch`: never.
+pub fn is_gpu(device: &burn::tensor::Device) -> bool {
+    #[cfg(feature = "tch")]
+    if let DispatchDevice::LibTorch(d) = device.clone().inner().as_dispatch() {
+        return !matches!(d, burn::backend::libtorch::LibTorchDevice::Cpu);
+    }
+    let _ = device;
+    false
+}
+
 /// The 2-D convolution with its own backward where the backend has one, else
 /// [`burn::tensor::module::conv2d`]. Same arguments, same result.
 ///

@@ -51,7 +51,7 @@ pub use activation::{relu, silu};
 pub use adamw::{AdamW, AdamWConfig};
 pub use batch_norm::{BatchNormBackend, batch_norm};
 pub use conv2d::{Conv2d, Conv2dConfig};
-pub use extension::{FastConvBackend, conv2d, is_flex, supports};
+pub use extension::{FastConvBackend, conv2d, is_flex, is_gpu, supports};
 pub use kernels::{ConvGrads, ConvKernels, GradMask};
 pub use linear::linear;
 pub use pixel_nll::{PixelLabels, PixelNllBackend, pixel_nll_sum};

@@ -62,12 +62,7 @@ impl RoiAlignTaps {
 /// Whether the detector's RoIAlign computes its taps on `device` ([`roi_align_taps`]): LibTorch
 /// on a GPU. On the CPU the host's merged plan is cheaper than the device's sort.
 pub fn runs_on(device: &Device) -> bool {
-    #[cfg(feature = "tch")]
-    if let burn::backend::DispatchDevice::LibTorch(d) = device.clone().inner().as_dispatch() {
-        return !matches!(d, burn::backend::libtorch::LibTorchDevice::Cpu);
-    }
-    let _ = device;
-    false
+    super::is_gpu(device)
 }
 
 /// The pooled bins of `spec`'s RoIs from `flat` `[P, C]` (all levels, channel-last,
