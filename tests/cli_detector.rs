@@ -446,3 +446,52 @@ fn baron_with_pseudo_boxes_end_to_end_and_a_bad_method_named() {
         "{err}"
     );
 }
+
+/// `ovkd teacher embed` reads and crops the next image while the teacher embeds one: an image
+/// missing mid-run stops it with the image named (not a hang, not a half-written record), the
+/// images before it stay in the cache, and the rerun resumes there and writes the vectors a run
+/// without the gap writes.
+#[test]
+fn teacher_embed_stops_at_a_missing_image_and_resumes_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, data) = tiny_run(tmp.path());
+    let train = data.join("train");
+    let teacher = run.join("teacher");
+    let embed = |out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_ovkd"))
+            .args(["--device", "cpu", "teacher", "embed", "--checkpoint"])
+            .args([s(&teacher), "--split", s(&train), "--out", s(out)])
+            .args(["--flush-every", "1"])
+            .output()
+            .unwrap()
+    };
+    let full = tmp.path().join("full");
+    assert!(embed(&full).status.success());
+
+    let mut images: Vec<_> = std::fs::read_dir(train.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    images.sort();
+    assert_eq!(images.len(), 4);
+    let hidden = images[2].clone();
+    let aside = tmp.path().join("aside.png");
+    std::fs::rename(&hidden, &aside).unwrap();
+    let part = tmp.path().join("part");
+    let out = embed(&part);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let name = hidden.file_name().unwrap().to_str().unwrap();
+    assert!(!out.status.success() && err.contains(name), "{err}");
+
+    std::fs::rename(&aside, &hidden).unwrap();
+    let out = embed(&part);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("2 images to embed (2 already done)"),
+        "{stdout}"
+    );
+    let shard = |dir: &Path| std::fs::read(dir.join("shard-0-of-1.f16")).unwrap();
+    assert!(!shard(&full).is_empty());
+    assert_eq!(shard(&part), shard(&full));
+}

@@ -35,6 +35,7 @@ use ovkd_distill::det::{
     RecallStats, best_iou,
 };
 use ovkd_distill::train::{LoopOptions, TrainConfig, train};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::Context;
@@ -486,15 +487,17 @@ pub fn make_bag_cache(
             bar.inc(1);
             continue;
         }
-        let mut crops = Vec::new();
-        for b in &bags {
-            crops.extend(
+        // Bags in parallel, as `region_crops` does for the centres.
+        let crops = bags
+            .par_iter()
+            .map(|b| {
                 teacher
                     .preprocess
                     .crop(&img, b.spanned)
-                    .with_context(|| format!("image {}: bag crop {:?}", im.id, b.spanned))?,
-            );
-        }
+                    .with_context(|| format!("image {}: bag crop {:?}", im.id, b.spanned))
+            })
+            .collect::<Result<Vec<Vec<f32>>>>()?
+            .concat();
         let bag_embeds = host(teacher.embed_pixels(&crops, bags.len()))?;
         let centre_boxes: Vec<[f32; 4]> = bags.iter().map(|b| b.center).collect();
         let centre_embeds = host(

@@ -548,6 +548,67 @@ fn read_proposals(
         .collect())
 }
 
+/// One image's regions, ready for the teacher: its id, its boxes (clipped to the image,
+/// degenerate ones dropped) and their crops (`PreprocessConfig::region_crops`).
+struct Prepared {
+    id: i64,
+    boxes: Vec<[f32; 4]>,
+    crops: Vec<f32>,
+}
+
+/// Reads `img` from `split`, takes its proposals (or, without them, its ground-truth boxes)
+/// and crops them.
+fn prepare_regions(
+    img: &ovkd_data::coco::CocoImage,
+    split: &Path,
+    proposals: Option<&std::collections::HashMap<i64, Vec<[f32; 4]>>>,
+    coco: &ovkd_data::coco::CocoDataset,
+    preprocess: &ovkd_teacher::preprocess::PreprocessConfig,
+) -> Result<Prepared> {
+    let rgb = load_rgb(&image_path(split, &img.file_name)).with_context(|| {
+        format!(
+            "image {} ({}) of {}",
+            img.id,
+            img.file_name,
+            split.display()
+        )
+    })?;
+    let (w, h) = (rgb.width() as f32, rgb.height() as f32);
+    let boxes: Vec<[f32; 4]> = match proposals {
+        Some(p) => p.get(&(img.id as i64)).cloned().unwrap_or_default(),
+        None => coco
+            .annotations
+            .iter()
+            .filter(|x| x.image_id == img.id)
+            .map(|x| {
+                let b = x.bbox.map(|v| v as f32);
+                [b[0], b[1], b[0] + b[2], b[1] + b[3]]
+            })
+            .collect(),
+    };
+    // Clip to the image; drop degenerate boxes (they carry no region to embed).
+    let boxes: Vec<[f32; 4]> = boxes
+        .into_iter()
+        .map(|b| {
+            [
+                b[0].clamp(0.0, w),
+                b[1].clamp(0.0, h),
+                b[2].clamp(0.0, w),
+                b[3].clamp(0.0, h),
+            ]
+        })
+        .filter(|b| b[2] - b[0] >= 1.0 && b[3] - b[1] >= 1.0)
+        .collect();
+    let crops = preprocess
+        .region_crops(&rgb, &boxes, ovkd_teacher::embed::VILD_CONTEXT)
+        .with_context(|| format!("image {} ({})", img.id, img.file_name))?;
+    Ok(Prepared {
+        id: img.id as i64,
+        boxes,
+        crops,
+    })
+}
+
 fn embed(ctx: &Context, a: EmbedArgs) -> Result<()> {
     let (_, device) = ctx.device.resolve();
     let shard = ShardSpec::parse(&a.shard)?;
@@ -593,53 +654,48 @@ fn embed(ctx: &Context, a: EmbedArgs) -> Result<()> {
     );
     let t0 = Instant::now();
     let mut regions = 0usize;
-    for (n, img) in mine.iter().enumerate() {
-        let rgb = load_rgb(&image_path(&a.split, &img.file_name))?;
-        let (w, h) = (rgb.width() as f32, rgb.height() as f32);
-        let boxes: Vec<[f32; 4]> = match &proposals {
-            Some(p) => p.get(&(img.id as i64)).cloned().unwrap_or_default(),
-            None => coco
-                .annotations
-                .iter()
-                .filter(|x| x.image_id == img.id)
-                .map(|x| {
-                    let b = x.bbox.map(|v| v as f32);
-                    [b[0], b[1], b[0] + b[2], b[1] + b[3]]
-                })
-                .collect(),
-        };
-        // Clip to the image; drop degenerate boxes (they carry no region to embed).
-        let boxes: Vec<[f32; 4]> = boxes
-            .into_iter()
-            .map(|b| {
-                [
-                    b[0].clamp(0.0, w),
-                    b[1].clamp(0.0, h),
-                    b[2].clamp(0.0, w),
-                    b[3].clamp(0.0, h),
-                ]
-            })
-            .filter(|b| b[2] - b[0] >= 1.0 && b[3] - b[1] >= 1.0)
-            .collect();
-        let e = teacher
-            .region_embeds(&rgb, &boxes)
-            .with_context(|| format!("image {} ({})", img.id, img.file_name))?;
-        let v = e
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        writer.add(img.id as i64, &boxes, &v)?;
-        regions += boxes.len();
-        if (n + 1) % a.flush_every.max(1) == 0 {
-            writer.flush()?;
+    // The next image is read and cropped on another thread (its boxes in parallel) while the
+    // teacher embeds this one: on a GPU the host's crops are what the tower waits for. The
+    // rendezvous channel keeps at most two images' crops in memory (each box's two views are
+    // 1.2 MB at 224 px).
+    let preprocess = &teacher.preprocess;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared>>(0);
+    std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(|| {
+            // The sender moves in and is dropped when the reader ends, which ends the loop below.
+            let tx = tx;
+            for img in &mine {
+                let prepared =
+                    prepare_regions(img, &a.split, proposals.as_ref(), &coco, preprocess);
+                let failed = prepared.is_err();
+                // A closed channel: the embedding side stopped on an error of its own.
+                if tx.send(prepared).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        // Owning the receiver here: an early return drops it, which stops the reader.
+        for (n, prepared) in rx.into_iter().enumerate() {
+            let Prepared { id, boxes, crops } = prepared?;
+            let e = teacher.pair_sum(teacher.embed_pixels(&crops, 2 * boxes.len()));
+            let v = e
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            writer.add(id, &boxes, &v)?;
+            regions += boxes.len();
+            if (n + 1) % a.flush_every.max(1) == 0 {
+                writer.flush()?;
+            }
+            bar.inc(1);
+            bar.set_message(format!(
+                "{:.1} regions/s",
+                regions as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+            ));
         }
-        bar.inc(1);
-        bar.set_message(format!(
-            "{:.1} regions/s",
-            regions as f64 / t0.elapsed().as_secs_f64().max(1e-9)
-        ));
-    }
+        Ok(())
+    })?;
     writer.flush()?;
     bar.finish();
     let bytes_per_region = teacher.dim() * ovkd_teacher::cache::BYTES_PER_VALUE;

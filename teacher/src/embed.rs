@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::clip::{ClipModel, TextTower, l2_normalize};
 use crate::error::{TeacherError, to_vec};
 use crate::precision::{Precision, to_f32};
-use crate::preprocess::{PreprocessConfig, check_box, scale_box};
+use crate::preprocess::PreprocessConfig;
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::{HostTensor, WeightMap};
 
@@ -241,17 +241,7 @@ impl Teacher {
         img: &RgbImage,
         boxes: &[[f32; 4]],
     ) -> Result<Vec<f32>, TeacherError> {
-        for (i, b) in boxes.iter().enumerate() {
-            check_box(img, *b)
-                .map_err(|e| TeacherError::InvalidRequest(format!("box {i}: {e}")))?;
-        }
-        let mut out = Vec::with_capacity(boxes.len() * 2 * 3 * self.preprocess.size.pow(2));
-        for b in boxes {
-            out.extend(self.preprocess.crop(img, *b)?);
-            let wide = scale_box(*b, VILD_CONTEXT, img.width(), img.height());
-            out.extend(self.preprocess.crop(img, wide)?);
-        }
-        Ok(out)
+        self.preprocess.region_crops(img, boxes, VILD_CONTEXT)
     }
 
     /// ViLD region embeddings: each box's 1x and 1.5x crops encoded, the two normalised
