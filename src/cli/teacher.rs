@@ -677,7 +677,7 @@ fn embed(ctx: &Context, a: EmbedArgs) -> Result<()> {
         // Owning the receiver here: an early return drops it, which stops the reader.
         for (n, prepared) in rx.into_iter().enumerate() {
             let Prepared { id, boxes, crops } = prepared?;
-            let e = teacher.pair_sum(teacher.embed_pixels(&crops, 2 * boxes.len()));
+            let e = teacher.embed_region_crops(&crops, boxes.len());
             let v = e
                 .into_data()
                 .convert::<f32>()

@@ -252,7 +252,14 @@ impl Teacher {
         boxes: &[[f32; 4]],
     ) -> Result<Tensor<2>, TeacherError> {
         let crops = self.region_crops(img, boxes)?;
-        Ok(self.pair_sum(self.embed_pixels(&crops, 2 * boxes.len())))
+        Ok(self.embed_region_crops(&crops, boxes.len()))
+    }
+
+    /// ViLD region embeddings of `n` boxes from their [`region_crops`](Self::region_crops)
+    /// (host `[2n, 3, S, S]`), for callers that make the crops ahead (`ovkd teacher embed`
+    /// crops the next image while this one is embedded): [n, D].
+    pub fn embed_region_crops(&self, crops: &[f32], n: usize) -> Tensor<2> {
+        self.pair_sum(self.embed_pixels(crops, 2 * n))
     }
 
     /// [2N, D] (pairs adjacent) → normalised pair sums [N, D].

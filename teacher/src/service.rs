@@ -323,7 +323,8 @@ fn run_crop_batch(
             if total == 0 {
                 return Ok(Vec::new());
             }
-            let e = teacher.pair_sum(teacher.embed_pixels(&all, total));
+            // `total` counts crops, two per box.
+            let e = teacher.embed_region_crops(&all, total / 2);
             to_vec(e)
         }));
     let mut s = stats.lock().expect("stats");

@@ -220,7 +220,7 @@ impl ZeroShotSet {
         let n = self.len();
         let k = classes.len();
         let e = match crops {
-            RegionCrops::Vild => teacher.pair_sum(teacher.embed_pixels(&self.crops, 2 * n)),
+            RegionCrops::Vild => teacher.embed_region_crops(&self.crops, n),
             RegionCrops::Tight => {
                 let per = 3 * self.size * self.size;
                 let tight: Vec<f32> = self

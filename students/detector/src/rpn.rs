@@ -5,9 +5,9 @@
 //! Proposal selection (per image, on CPU): per level the top `pre_nms_top_n` anchors by
 //! objectness, decoded, clipped to the image, small boxes and low scores removed, NMS per
 //! level, then the best `post_nms_top_n` overall. On a GPU the per-level top-k runs on the
-//! device and only the chosen anchors are read back; everywhere else every anchor is read back
-//! and the host selects (bit for bit the results of before). Losses: binary cross-entropy on a balanced
-//! sample of anchors and a box loss on its positives, normalised by the sample size.
+//! device and only the chosen anchors are read back; everywhere else every anchor is read
+//! back and the host selects. Losses: binary cross-entropy on a balanced sample of anchors and
+//! a box loss on its positives, normalised by the sample size.
 
 use burn::module::Module;
 use burn::nn::{Initializer, PaddingConfig2d};
@@ -253,6 +253,8 @@ impl Rpn {
             let _range = profiler::range("ovkd::rpn::losses");
             self.losses(&preds, &anchors, gt, &coder, rng)
         });
+        // The range keeps its name from the runs before the device top-k; off the GPU it
+        // holds the host's selection too.
         let read_back = profiler::range("ovkd::rpn::read_back");
         let candidates = if is_gpu(&preds.objectness.device()) {
             device_candidates(
