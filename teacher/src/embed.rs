@@ -18,6 +18,29 @@ use crate::weights::{HostTensor, WeightMap};
 /// ViLD's context factor for the second crop.
 pub const VILD_CONTEXT: f32 = 1.5;
 
+/// How the image tower's linear weights are held on LibTorch, for inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightLayout {
+    /// As PyTorch's `nn.Linear`: `[out, in]` row-major, the layout cuBLAS gets from
+    /// transformers (the default).
+    #[default]
+    Torch,
+    /// As Burn's `Linear`: `[in, out]` row-major.
+    Burn,
+}
+
+impl std::str::FromStr for WeightLayout {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "torch" => Ok(Self::Torch),
+            "burn" => Ok(Self::Burn),
+            other => Err(format!("weight layout `{other}`: expected torch or burn")),
+        }
+    }
+}
+
 /// A loaded teacher: model, tokenizer, preprocessing and the checkpoint's hash.
 #[derive(Debug)]
 pub struct Teacher {
@@ -92,10 +115,24 @@ impl Teacher {
     /// its MLP weights first (before the rounding), so each MLP runs one SiLU kernel instead of
     /// three ([`ClipMlp::fold_quick_gelu`](crate::clip::layers::ClipMlp::fold_quick_gelu));
     /// on burn-flex the tower stays as it was, so CPU embeddings are bit for bit unchanged.
-    pub fn with_precision(mut self, precision: Precision) -> Self {
+    ///
+    /// There, too, its linear weights are held in PyTorch's layout ([`WeightLayout::Torch`]);
+    /// [`with_precision_in`](Self::with_precision_in) chooses.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        self.with_precision_in(precision, WeightLayout::Torch)
+    }
+
+    /// [`with_precision`](Self::with_precision) with the image tower's linear weights held in
+    /// `layout` off burn-flex (`ovkd-speed teacher --weight-layout` times both).
+    pub fn with_precision_in(mut self, precision: Precision, layout: WeightLayout) -> Self {
         let m = &mut self.model;
         if !ovkd_backbone::ops::is_flex(&self.device) && !self.device.is_autodiff() {
             m.vision_model = m.vision_model.clone().fold_quick_gelu();
+            if layout == WeightLayout::Torch {
+                m.vision_model = m.vision_model.clone().with_torch_weight_layout();
+                m.visual_projection =
+                    ovkd_backbone::ops::with_torch_weight_layout(m.visual_projection.clone());
+            }
         }
         m.vision_model = precision.cast_module(m.vision_model.clone());
         m.visual_projection = precision.cast_module(m.visual_projection.clone());

@@ -129,6 +129,29 @@ fn half_precision_region_embeddings_stay_within_cosine_0_999() {
     }
 }
 
+/// Preparing the teacher for float32 inference changes its region embeddings by rounding at
+/// most, in either weight layout: on burn-flex (CI) nothing changes; on LibTorch (with
+/// `--features ovkd-backbone/tch`, where `Device::default()` is LibTorch's CPU) QuickGELU is
+/// folded into SiLU and the linear weights take PyTorch's layout.
+#[test]
+fn preparing_for_float32_inference_keeps_the_region_embeddings() {
+    use ovkd_teacher::embed::WeightLayout;
+    use ovkd_teacher::precision::Precision;
+    let device = Device::default();
+    let img = image::RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 3 % 256) as u8])
+    });
+    let boxes = [[4.0, 4.0, 40.0, 30.0], [20.0, 10.0, 60.0, 47.0]];
+    let (t, _dir) = tiny_teacher(&device);
+    let want = vec2(t.region_embeds(&img, &boxes).unwrap());
+    for layout in [WeightLayout::Torch, WeightLayout::Burn] {
+        let (t, _dir) = tiny_teacher(&device);
+        let t = t.with_precision_in(Precision::F32, layout);
+        let got = vec2(t.region_embeds(&img, &boxes).unwrap());
+        assert!(max_diff(&got, &want) < 1e-5, "{layout:?}");
+    }
+}
+
 #[test]
 fn dense_features_at_any_size() {
     let device = Device::flex();

@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::tensor::{Device, Tensor, TensorData};
 use ovkd_teacher::clip::{ClipConfig, ClipModel};
-use ovkd_teacher::embed::Teacher;
+use ovkd_teacher::embed::{Teacher, WeightLayout};
 use ovkd_teacher::precision::Precision;
 use ovkd_teacher::tokenizer::{ClipTokenizer, build_word_level};
 use ovkd_teacher::weights::{HostTensor, WeightMap};
@@ -53,6 +53,11 @@ pub struct Args {
     /// crop's embedding and the float32 model's (issue 8 asks > 0.999).
     #[arg(long, default_value = "fp32")]
     dtype: Precision,
+    /// How the tower's linear weights are held on LibTorch: `torch` (PyTorch's `[out, in]`,
+    /// what `Teacher::with_precision` does) or `burn` (Burn's `[in, out]`, before session 14),
+    /// to time the two on one device.
+    #[arg(long, default_value = "torch")]
+    weight_layout: WeightLayout,
 }
 
 /// Runs `warmup + steps` passes over all crops; returns the timed ones (all in `forward`) and,
@@ -99,7 +104,7 @@ pub fn run(args: &Args, device: &Device, schedule: &Schedule) -> Result<(PhaseTi
     let on_device = (!args.end_to_end && !args.from_host)
         .then(|| Tensor::<4>::from_data(TensorData::new(px.clone(), [n, 3, size, size]), device));
     let reference = (args.dtype != Precision::F32).then(|| teacher.embed_pixels(&px, n));
-    let teacher = teacher.with_precision(args.dtype);
+    let teacher = teacher.with_precision_in(args.dtype, args.weight_layout);
     let mut times = PhaseTimes::default();
     let mut last = None;
     for step in 0..warmup + steps {

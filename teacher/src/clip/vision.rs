@@ -71,6 +71,36 @@ impl VisionTransformer {
         self
     }
 
+    /// The same tower with every encoder linear layer's weight in PyTorch's layout
+    /// ([`with_torch_weight_layout`](ovkd_backbone::ops::with_torch_weight_layout)), for
+    /// inference on LibTorch.
+    pub fn with_torch_weight_layout(mut self) -> Self {
+        use ovkd_backbone::ops::with_torch_weight_layout as torch;
+        self.layers = self
+            .layers
+            .into_iter()
+            .map(|l| {
+                let a = l.self_attn;
+                EncoderLayer {
+                    self_attn: super::attention::ClipAttention {
+                        q_proj: torch(a.q_proj),
+                        k_proj: torch(a.k_proj),
+                        v_proj: torch(a.v_proj),
+                        out_proj: torch(a.out_proj),
+                        ..a
+                    },
+                    mlp: super::layers::ClipMlp {
+                        fc1: torch(l.mlp.fc1),
+                        fc2: torch(l.mlp.fc2),
+                        ..l.mlp
+                    },
+                    ..l
+                }
+            })
+            .collect();
+        self
+    }
+
     fn shape(c: &VisionConfig) -> BlockShape {
         BlockShape {
             width: c.hidden_size,

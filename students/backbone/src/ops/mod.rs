@@ -53,6 +53,6 @@ pub use batch_norm::{BatchNormBackend, batch_norm};
 pub use conv2d::{Conv2d, Conv2dConfig};
 pub use extension::{FastConvBackend, conv2d, is_flex, is_gpu, supports};
 pub use kernels::{ConvGrads, ConvKernels, GradMask};
-pub use linear::linear;
+pub use linear::{linear, with_torch_weight_layout};
 pub use pixel_nll::{PixelLabels, PixelNllBackend, pixel_nll_sum};
 pub use spmm::{SparseMatrix, SparseMatrixBuilder, SpmmBackend, sparse_matmul};
