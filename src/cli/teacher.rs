@@ -556,13 +556,11 @@ struct Prepared {
     crops: Vec<f32>,
 }
 
-/// Reads `img` from `split`, takes its proposals (or, without them, its ground-truth boxes)
-/// and crops them.
+/// Reads `img` from `split`, takes its boxes from `boxes_of` (by image id) and crops them.
 fn prepare_regions(
     img: &ovkd_data::coco::CocoImage,
     split: &Path,
-    proposals: Option<&std::collections::HashMap<i64, Vec<[f32; 4]>>>,
-    coco: &ovkd_data::coco::CocoDataset,
+    boxes_of: &std::collections::HashMap<i64, Vec<[f32; 4]>>,
     preprocess: &ovkd_teacher::preprocess::PreprocessConfig,
 ) -> Result<Prepared> {
     let rgb = load_rgb(&image_path(split, &img.file_name)).with_context(|| {
@@ -574,21 +572,12 @@ fn prepare_regions(
         )
     })?;
     let (w, h) = (rgb.width() as f32, rgb.height() as f32);
-    let boxes: Vec<[f32; 4]> = match proposals {
-        Some(p) => p.get(&(img.id as i64)).cloned().unwrap_or_default(),
-        None => coco
-            .annotations
-            .iter()
-            .filter(|x| x.image_id == img.id)
-            .map(|x| {
-                let b = x.bbox.map(|v| v as f32);
-                [b[0], b[1], b[0] + b[2], b[1] + b[3]]
-            })
-            .collect(),
-    };
+    let boxes = boxes_of
+        .get(&(img.id as i64))
+        .map_or(&[][..], Vec::as_slice);
     // Clip to the image; drop degenerate boxes (they carry no region to embed).
     let boxes: Vec<[f32; 4]> = boxes
-        .into_iter()
+        .iter()
         .map(|b| {
             [
                 b[0].clamp(0.0, w),
@@ -621,9 +610,23 @@ fn embed(ctx: &Context, a: EmbedArgs) -> Result<()> {
     let teacher = teacher.with_precision(a.precision);
     let coco_path = a.split.join("instances.json");
     let coco = read_coco(&coco_path)?;
-    let proposals = match &a.proposals {
-        Some(p) => Some(read_proposals(p, a.top_k)?),
-        None => None,
+    // Each image's boxes: its proposals, or without them its annotations (x1, y1, x2, y2),
+    // grouped once rather than searched for per image.
+    let boxes_of = match &a.proposals {
+        Some(p) => read_proposals(p, a.top_k)?,
+        None => {
+            let mut by: std::collections::HashMap<i64, Vec<[f32; 4]>> = Default::default();
+            for x in &coco.annotations {
+                let b = x.bbox.map(|v| v as f32);
+                by.entry(x.image_id as i64).or_default().push([
+                    b[0],
+                    b[1],
+                    b[0] + b[2],
+                    b[1] + b[3],
+                ]);
+            }
+            by
+        }
     };
     let mut images = coco.images.clone();
     images.sort_by_key(|i| i.id);
@@ -665,8 +668,7 @@ fn embed(ctx: &Context, a: EmbedArgs) -> Result<()> {
             // The sender moves in and is dropped when the reader ends, which ends the loop below.
             let tx = tx;
             for img in &mine {
-                let prepared =
-                    prepare_regions(img, &a.split, proposals.as_ref(), &coco, preprocess);
+                let prepared = prepare_regions(img, &a.split, &boxes_of, preprocess);
                 let failed = prepared.is_err();
                 // A closed channel: the embedding side stopped on an error of its own.
                 if tx.send(prepared).is_err() || failed {

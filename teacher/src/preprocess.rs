@@ -74,16 +74,22 @@ impl PreprocessConfig {
     /// S x S, then normalised. Returns [3, S, S]. See [`resample_box`] for the sampling.
     pub fn crop(&self, img: &RgbImage, b: [f32; 4]) -> Result<Vec<f32>, TeacherError> {
         check_box(img, b)?;
-        let mut out = resample_box(img, b, self.size, self.size, false);
-        self.normalise(&mut out);
+        let mut out = vec![0.0f32; 3 * self.size * self.size];
+        self.crop_into(img, b, &mut out);
         Ok(out)
+    }
+
+    /// [`crop`](Self::crop) of a box already checked, written into `out` (`3 * S * S`).
+    fn crop_into(&self, img: &RgbImage, b: [f32; 4], out: &mut [f32]) {
+        resample_box_into(img, b, self.size, self.size, false, out);
+        self.normalise(out);
     }
 
     /// The crops of region embeddings: of each box the box itself and the box scaled by
     /// `context` about its centre (clipped to the image; ViLD's 1.5x view), each through
-    /// [`crop`](Self::crop). Boxes in parallel (on a GPU the host's crops are what the tower
-    /// waits for: one thread makes about 3,700 a second, `cargo run --release -p ovkd-teacher
-    /// --example crop_speed`). Returns `[2N, 3, S, S]` flattened, box i's views at 2i and 2i + 1.
+    /// [`crop`](Self::crop), written in place. Boxes in parallel (on a GPU the host's crops are
+    /// what the tower waits for: one thread makes about 1,800 a second, `cargo run --release -p
+    /// ovkd-teacher --example crop_speed`). Returns `[2N, 3, S, S]` flattened, box i's views at 2i and 2i + 1.
     /// Checks every box first ([`check_box`]; the error names the box's index).
     pub fn region_crops(
         &self,
@@ -99,13 +105,13 @@ impl PreprocessConfig {
         let mut out = vec![0.0f32; boxes.len() * 2 * per];
         out.par_chunks_mut(2 * per)
             .zip(boxes.par_iter())
-            .try_for_each(|(views, b)| {
+            .for_each(|(views, b)| {
                 let (own, wide) = views.split_at_mut(per);
-                own.copy_from_slice(&self.crop(img, *b)?);
+                self.crop_into(img, *b, own);
+                // Scaled about a valid box's centre and clipped: valid too.
                 let w = scale_box(*b, context, img.width(), img.height());
-                wide.copy_from_slice(&self.crop(img, w)?);
-                Ok::<(), TeacherError>(())
-            })?;
+                self.crop_into(img, w, wide);
+            });
         Ok(out)
     }
 
@@ -194,6 +200,20 @@ pub fn resample_box(
     out_h: usize,
     flip: bool,
 ) -> Vec<f32> {
+    let mut out = vec![0.0f32; 3 * out_w * out_h];
+    resample_box_into(img, b, out_w, out_h, flip, &mut out);
+    out
+}
+
+/// [`resample_box`] written into `out` (`3 * out_h * out_w`, every value overwritten).
+fn resample_box_into(
+    img: &RgbImage,
+    b: [f32; 4],
+    out_w: usize,
+    out_h: usize,
+    flip: bool,
+    out: &mut [f32],
+) {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let raw = img.as_raw();
     let xs = axis_weights(b[0], b[2], out_w, w);
@@ -218,7 +238,7 @@ pub fn resample_box(
         }
     }
     let plane = out_w * out_h;
-    let mut out = vec![0.0f32; 3 * plane];
+    assert_eq!(out.len(), 3 * plane, "the output holds [3, out_h, out_w]");
     for (oy, (first, wt)) in ys.iter().enumerate() {
         for ox in 0..out_w {
             let mut acc = [0.0f32; 3];
@@ -233,7 +253,6 @@ pub fn resample_box(
             }
         }
     }
-    out
 }
 
 /// Bilinear resize (align_corners false, edges clamped) of [3, h, w] values to [3, s, s].
